@@ -1,0 +1,12 @@
+//! The kernel data plane: compiles a validated policy into one nftables table and installs,
+//! reads back and removes it through libnftables, in-process. Not for: parsing policy files.
+
+pub mod compile;
+pub mod live;
+pub mod netns;
+pub mod render;
+pub mod schema;
+pub mod session;
+
+pub use compile::{compile, Compiled, Options, Stats};
+pub use session::{Format, NftError, Session};

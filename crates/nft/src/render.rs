@@ -1,0 +1,171 @@
+//! Renders a compiled table in nft's own language, for `ward compile --format nft` and for
+//! reviewable golden files. The JSON batch stays what is applied; tests load both and compare.
+
+use crate::compile::Compiled;
+use crate::schema::*;
+use std::fmt::Write;
+
+pub fn to_nft(c: &Compiled) -> String {
+    let mut out = String::new();
+    let t = &c.table;
+    let _ = writeln!(out, "table {} {} {{", t.family, t.name);
+    for set in &c.sets {
+        let kind = if set.map.is_some() { "map" } else { "set" };
+        let _ = writeln!(out, "\t{kind} {} {{", set.name);
+        let types = match &set.key_type {
+            KeyType::Single(t) => vec![*t],
+            KeyType::Concat(v) => v.clone(),
+        };
+        let mut ty = types.join(" . ");
+        if let Some(m) = set.map {
+            let _ = write!(ty, " : {m}");
+        }
+        let _ = writeln!(out, "\t\ttype {ty}");
+        if !set.flags.is_empty() {
+            let _ = writeln!(out, "\t\tflags {}", set.flags.join(", "));
+        }
+        for st in &set.stmt {
+            let _ = writeln!(out, "\t\t{}", stmt(st));
+        }
+        if let Some(cm) = &set.comment {
+            let _ = writeln!(out, "\t\tcomment {}", quote(cm));
+        }
+        if !set.elem.is_empty() {
+            let quoted: Vec<bool> = types.iter().map(|t| *t == "ifname").collect();
+            let elems: Vec<String> = set.elem.iter().map(|e| element(e, &quoted)).collect();
+            let _ = writeln!(out, "\t\telements = {{ {} }}", elems.join(",\n\t\t\t     "));
+        }
+        let _ = writeln!(out, "\t}}\n");
+    }
+    for (i, (chain, rules)) in c.chains.iter().enumerate() {
+        let _ = writeln!(out, "\tchain {} {{", chain.name);
+        if let Some(b) = &chain.base {
+            let _ = writeln!(
+                out,
+                "\t\ttype {} hook {} priority {}; policy {};",
+                b.kind, b.hook, b.prio, b.policy
+            );
+        }
+        for r in rules {
+            let mut line: Vec<String> = r.expr.iter().map(stmt).collect();
+            if let Some(cm) = &r.comment {
+                line.push(format!("comment {}", quote(cm)));
+            }
+            let _ = writeln!(out, "\t\t{}", line.join(" "));
+        }
+        let _ = writeln!(out, "\t}}");
+        if i + 1 < c.chains.len() {
+            out.push('\n');
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn element(e: &Expr, quoted: &[bool]) -> String {
+    match e {
+        Expr::Pair(p) => format!("{} : {}", element(&p.0, quoted), expr(&p.1, false)),
+        Expr::Named(Named::Elem { val, comment }) => {
+            let v = match &**val {
+                Expr::Named(Named::Concat(parts)) => parts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| expr(p, quoted.get(i).copied().unwrap_or(false)))
+                    .collect::<Vec<_>>()
+                    .join(" . "),
+                other => expr(other, quoted.first().copied().unwrap_or(false)),
+            };
+            match comment {
+                Some(c) => format!("{v} comment {}", quote(c)),
+                None => v,
+            }
+        }
+        other => expr(other, false),
+    }
+}
+
+/// `quote_strings`: the strings here are interface names, which nft wants in quotes.
+fn expr(e: &Expr, quote_strings: bool) -> String {
+    match e {
+        Expr::Str(v) if quote_strings => quote(v),
+        Expr::Str(v) => v.clone(),
+        Expr::Num(n) => n.to_string(),
+        Expr::Pair(p) => format!("{} : {}", expr(&p.0, false), expr(&p.1, false)),
+        Expr::Verdict(v) => verdict_str(v),
+        Expr::Named(n) => match n {
+            Named::Payload { protocol, field } => format!("{protocol} {field}"),
+            Named::Meta { key } => format!("meta {key}"),
+            Named::Ct { key } => format!("ct {key}"),
+            Named::Prefix { addr, len } => format!("{addr}/{len}"),
+            Named::Range([lo, hi]) => format!("{}-{}", expr(lo, false), expr(hi, false)),
+            Named::Set(items) => {
+                let v: Vec<String> = items.iter().map(|i| expr(i, quote_strings)).collect();
+                format!("{{ {} }}", v.join(", "))
+            }
+            Named::Concat(parts) => parts
+                .iter()
+                .map(|p| expr(p, quote_strings))
+                .collect::<Vec<_>>()
+                .join(" . "),
+            Named::Elem { val, comment } => match comment {
+                Some(c) => format!("{} comment {}", expr(val, quote_strings), quote(c)),
+                None => expr(val, quote_strings),
+            },
+        },
+    }
+}
+
+fn is_ifname(e: &Expr) -> bool {
+    matches!(e, Expr::Named(Named::Meta { key: "iifname" | "oifname" }))
+}
+
+fn verdict_str(v: &Verdict) -> String {
+    match v {
+        Verdict::Accept(_) => "accept".into(),
+        Verdict::Drop(_) => "drop".into(),
+        Verdict::Return(_) => "return".into(),
+        Verdict::Jump { target } => format!("jump {target}"),
+    }
+}
+
+fn nat_target(n: &Nat) -> String {
+    let addr = n.addr.as_ref().map(|a| expr(a, false)).unwrap_or_default();
+    let addr = if n.family == Some("ip6") && n.port.is_some() {
+        format!("[{addr}]")
+    } else {
+        addr
+    };
+    let mut out = format!("{} to {addr}", n.family.unwrap_or("ip"));
+    if let Some(p) = &n.port {
+        let _ = write!(out, ":{}", expr(p, false));
+    }
+    out
+}
+
+fn stmt(s: &Stmt) -> String {
+    match s {
+        Stmt::Match { op, left, right } => {
+            let r = expr(right, is_ifname(left));
+            match *op {
+                "==" | "in" => format!("{} {r}", expr(left, false)),
+                other => format!("{} {other} {r}", expr(left, false)),
+            }
+        }
+        Stmt::Counter(_) => "counter".into(),
+        Stmt::Vmap { key, data } => format!("{} vmap {}", expr(key, false), expr(data, false)),
+        Stmt::Limit { rate, per, burst } => format!("limit rate {rate}/{per} burst {burst} packets"),
+        Stmt::Log { prefix, group } => format!("log prefix {} group {group}", quote(prefix)),
+        Stmt::Masquerade(_) => "masquerade".into(),
+        Stmt::Snat(n) => format!("snat {}", nat_target(n)),
+        Stmt::Dnat(n) => format!("dnat {}", nat_target(n)),
+        Stmt::Redirect(n) => match &n.port {
+            Some(p) => format!("redirect to :{}", expr(p, false)),
+            None => "redirect".into(),
+        },
+        Stmt::Verdict(v) => verdict_str(v),
+    }
+}

@@ -1,0 +1,305 @@
+//! The policy and kernel commands: check, compile, plan, apply, remove, status, explain.
+//! Each returns a message for the user on failure; `main` turns that into exit status 1.
+
+use nft::live::{self, Installed};
+use nft::Session;
+use policy::{Action, Direction, Protocol, Target};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+
+/// A failure to report: the message already says what went wrong and what to do next.
+pub struct Failure(pub String);
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl From<nft::NftError> for Failure {
+    fn from(e: nft::NftError) -> Self {
+        Failure(format!("error: {e}"))
+    }
+}
+
+impl From<nft::netns::NetnsError> for Failure {
+    fn from(e: nft::netns::NetnsError) -> Self {
+        Failure(format!("error: {e}"))
+    }
+}
+
+pub type Result<T = ()> = std::result::Result<T, Failure>;
+
+/// A policy that passed validation, with the hash of its text.
+pub struct Loaded {
+    pub checked: policy::Checked,
+    pub sha256: String,
+}
+
+pub fn load(file: &Path) -> Result<Loaded> {
+    match policy::load(file) {
+        Ok((checked, text)) => {
+            for w in &checked.warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok(Loaded { checked, sha256: hex::encode(Sha256::digest(text.as_bytes())) })
+        }
+        Err(errs) => {
+            let n = errs.0.len();
+            let mut msg: String = errs.0.iter().map(|d| format!("error: {d}\n")).collect();
+            msg.push_str(&format!(
+                "{} is invalid ({n} error{}); nothing was changed.",
+                file.display(),
+                if n == 1 { "" } else { "s" }
+            ));
+            Err(Failure(msg))
+        }
+    }
+}
+
+pub fn options(table: &str, comment: Option<String>) -> nft::Options {
+    nft::Options { table: table.to_string(), comment, ..nft::Options::default() }
+}
+
+/// Enters the namespace (if any) and opens a libnftables session there.
+pub fn session(netns: Option<&str>) -> Result<Session> {
+    if let Some(ns) = netns {
+        nft::netns::enter(ns)?;
+    }
+    Ok(Session::open()?)
+}
+
+pub fn check(file: &Path) -> Result {
+    let l = load(file)?;
+    let p = &l.checked.policy;
+    let compiled = nft::compile(p, &options("ward", None));
+    println!(
+        "{}: ok: {} rules, {} snat, {} dnat; compiles to {} maps ({} elements) and {} linear rules{}",
+        file.display(),
+        p.rules.len(),
+        p.nat.snat.len(),
+        p.nat.dnat.len(),
+        compiled.stats.maps,
+        compiled.stats.map_elements,
+        compiled.stats.linear_rules,
+        if l.checked.warnings.is_empty() { String::new() } else { format!("; {} warnings", l.checked.warnings.len()) }
+    );
+    Ok(())
+}
+
+pub fn compile(file: &Path, table: &str, json: bool) -> Result {
+    let l = load(file)?;
+    let compiled = nft::compile(&l.checked.policy, &options(table, Some(table_comment(&l.sha256, None))));
+    if json {
+        let out = serde_json::to_string_pretty(&compiled.replace_batch()).map_err(|e| Failure(e.to_string()))?;
+        println!("{out}");
+    } else {
+        print!("{}", nft::render::to_nft(&compiled));
+    }
+    Ok(())
+}
+
+/// `ward sha256=HEX applied=TIME`: kept on the table itself, so status needs no state file.
+fn table_comment(sha256: &str, applied: Option<std::time::SystemTime>) -> String {
+    match applied {
+        Some(t) => format!("ward sha256={sha256} applied={}", humantime::format_rfc3339_seconds(t)),
+        None => format!("ward sha256={sha256}"),
+    }
+}
+
+pub fn plan(file: &Path, table: &str, netns: Option<&str>) -> Result {
+    let l = load(file)?;
+    let s = session(netns)?;
+    let compiled = nft::compile(&l.checked.policy, &options(table, Some(table_comment(&l.sha256, None))));
+    let diff = live::plan(&s, &compiled)?;
+    if diff.is_empty() {
+        println!("no changes: the live table already matches {}", file.display());
+    } else {
+        print!("{diff}");
+    }
+    Ok(())
+}
+
+pub fn apply(file: &Path, table: &str, netns: Option<&str>) -> Result {
+    let l = load(file)?;
+    let s = session(netns)?;
+    let comment = table_comment(&l.sha256, Some(std::time::SystemTime::now()));
+    let compiled = nft::compile(&l.checked.policy, &options(table, Some(comment)));
+    live::replace(&s, &compiled).map_err(|e| Failure(format!("error: {e}\napply failed; the live table was not changed.")))?;
+    println!(
+        "applied {} (sha256 {}): {} rules as {} maps and {} linear rules",
+        file.display(),
+        &l.sha256[..12],
+        l.checked.policy.rules.len(),
+        compiled.stats.maps,
+        compiled.stats.linear_rules
+    );
+    Ok(())
+}
+
+pub fn remove(table: &str, netns: Option<&str>) -> Result {
+    let s = session(netns)?;
+    if live::remove(&s, table)? {
+        println!("removed table inet {table}");
+    } else {
+        println!("table inet {table} is not installed; nothing to remove");
+    }
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct Status {
+    overall: &'static str,
+    table: String,
+    table_installed: bool,
+    rules_installed: usize,
+    policy_sha256: Option<String>,
+    applied_at: Option<String>,
+    pending_confirmation: Option<String>,
+    last_error: Option<String>,
+    /// Per rule id (and default-deny / default-accept, snat-N, dnat-N).
+    counters: std::collections::BTreeMap<String, live::Count>,
+    /// Packets dropped, by drop reason.
+    drops: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// Never fails: a problem makes the status `degraded` with `last_error`.
+pub fn status(table: &str, json: bool, netns: Option<&str>) -> Result {
+    let read = session(netns).and_then(|s| Ok(live::read(&s, table)?));
+    let mut st = Status {
+        overall: "healthy",
+        table: format!("inet {table}"),
+        table_installed: false,
+        rules_installed: 0,
+        policy_sha256: None,
+        applied_at: None,
+        pending_confirmation: None,
+        last_error: None,
+        counters: Default::default(),
+        drops: Default::default(),
+    };
+    match read {
+        Ok(Some(inst)) => fill(&mut st, inst),
+        Ok(None) => {
+            st.overall = "degraded";
+            st.last_error = Some(format!("table inet {table} is not installed (run `ward apply`)"));
+        }
+        Err(Failure(e)) => {
+            st.overall = "degraded";
+            st.last_error = Some(e.trim_start_matches("error: ").to_string());
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
+        return Ok(());
+    }
+    println!("overall:        {}", st.overall);
+    println!("table:          {} ({})", st.table, if st.table_installed { "installed" } else { "not installed" });
+    if st.table_installed {
+        println!("rules:          {} nftables rules", st.rules_installed);
+        println!("policy sha256:  {}", st.policy_sha256.as_deref().unwrap_or("unknown"));
+        println!("applied at:     {}", st.applied_at.as_deref().unwrap_or("unknown"));
+    }
+    if let Some(e) = &st.last_error {
+        println!("last error:     {e}");
+    }
+    if !st.counters.is_empty() {
+        println!("\n{:<40} {:>12} {:>14}", "rule", "packets", "bytes");
+        for (id, c) in &st.counters {
+            println!("{id:<40} {:>12} {:>14}", c.packets, c.bytes);
+        }
+    }
+    Ok(())
+}
+
+fn fill(st: &mut Status, inst: Installed) {
+    st.table_installed = true;
+    st.rules_installed = inst.rules + inst.map_elements;
+    st.policy_sha256 = inst.comment_field("sha256").map(str::to_string);
+    st.applied_at = inst.comment_field("applied").map(str::to_string);
+    if let Some(c) = inst.counters.get(nft::compile::DEFAULT_DENY) {
+        st.drops.insert("no_matching_allow_rule", c.packets);
+    }
+    st.counters = inst.counters;
+}
+
+#[derive(clap::Args)]
+pub struct ExplainArgs {
+    #[arg(default_value = "rules.yaml")]
+    file: std::path::PathBuf,
+    #[arg(long)]
+    src: IpAddr,
+    #[arg(long, conflicts_with = "fqdn", required_unless_present = "fqdn")]
+    dst: Option<IpAddr>,
+    /// A destination name (as a client would have resolved it)
+    #[arg(long)]
+    fqdn: Option<String>,
+    #[arg(long, value_parser = parse_proto)]
+    proto: Protocol,
+    #[arg(long)]
+    dport: Option<u16>,
+    #[arg(long, value_parser = parse_direction, default_value = "egress")]
+    direction: Direction,
+    #[arg(long)]
+    in_interface: Option<String>,
+    #[arg(long)]
+    out_interface: Option<String>,
+    /// Explain a packet of an already established flow
+    #[arg(long)]
+    established: bool,
+}
+
+fn parse_proto(s: &str) -> std::result::Result<Protocol, String> {
+    match s {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        "icmp" => Ok(Protocol::Icmp),
+        "icmpv6" => Ok(Protocol::Icmpv6),
+        _ => Err("expected tcp, udp, icmp or icmpv6".into()),
+    }
+}
+
+fn parse_direction(s: &str) -> std::result::Result<Direction, String> {
+    match s {
+        "ingress" => Ok(Direction::Ingress),
+        "egress" => Ok(Direction::Egress),
+        "input" => Ok(Direction::Input),
+        "output" => Ok(Direction::Output),
+        _ => Err("expected ingress, egress, input or output".into()),
+    }
+}
+
+pub fn explain(a: &ExplainArgs) -> Result {
+    let l = load(&a.file)?;
+    let dst = match (&a.dst, &a.fqdn) {
+        (Some(ip), _) => Target::Ip(*ip),
+        (None, Some(name)) => Target::Fqdn(name.clone()),
+        (None, None) => return Err(Failure("error: give --dst IP or --fqdn NAME".into())),
+    };
+    let probe = policy::Probe {
+        src: a.src,
+        dst,
+        proto: a.proto,
+        dport: a.dport,
+        direction: a.direction,
+        in_interface: a.in_interface.clone(),
+        out_interface: a.out_interface.clone(),
+        established: a.established,
+    };
+    let ex = policy::explain(&l.checked.policy, &probe);
+    for step in &ex.steps {
+        println!("  {step}");
+    }
+    let v = &ex.verdict;
+    let verb = match v.action {
+        Action::Accept => "accept",
+        Action::Deny => "drop",
+    };
+    match v.drop_reason {
+        Some(r) => println!("{verb} by {} ({r})", v.rule_id),
+        None => println!("{verb} by {}", v.rule_id),
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! The `ward` command: argument parsing and orchestration only. The work happens in the
+//! `policy` (file → model), `nft` (model → kernel) and `testlab` (namespace lab) crates.
+
+mod commands;
+mod lab;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "ward", version, about = "A Linux firewall and NAT gateway driven by one policy file")]
+struct Cli {
+    /// Name of the one nftables table ward owns (family inet).
+    #[arg(long, global = true, default_value = "ward")]
+    table: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Validate a policy; warnings for rules that can never match
+    Check {
+        #[arg(default_value = "rules.yaml")]
+        file: PathBuf,
+    },
+    /// Print the nftables table the policy compiles to
+    Compile {
+        #[arg(default_value = "rules.yaml")]
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "nft")]
+        format: OutputFormat,
+    },
+    /// Show the difference between the live table and the policy
+    Plan {
+        #[arg(default_value = "rules.yaml")]
+        file: PathBuf,
+        #[arg(long)]
+        netns: Option<String>,
+    },
+    /// Check, then atomically replace ward's table with the policy
+    Apply {
+        #[arg(default_value = "rules.yaml")]
+        file: PathBuf,
+        #[arg(long)]
+        netns: Option<String>,
+    },
+    /// Delete ward's table (and nothing else)
+    Remove {
+        #[arg(long)]
+        netns: Option<String>,
+    },
+    /// What is installed: policy hash, time applied, per-rule counters
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        netns: Option<String>,
+    },
+    /// Which rule decides a packet, and why
+    Explain(commands::ExplainArgs),
+    /// A LAN / firewall / WAN lab in network namespaces
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+        #[command(flatten)]
+        names: lab::LabNames,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabAction {
+    /// Create the namespaces and apply examples/lab.yaml in the firewall
+    Up,
+    /// Remove the lab's namespaces
+    Down,
+    /// Up, run the probes and print what each one saw, then down
+    Demo,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Nft,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let t = &cli.table;
+    let result = match cli.cmd {
+        Cmd::Check { file } => commands::check(&file),
+        Cmd::Compile { file, format } => commands::compile(&file, t, matches!(format, OutputFormat::Json)),
+        Cmd::Plan { file, netns } => commands::plan(&file, t, netns.as_deref()),
+        Cmd::Apply { file, netns } => commands::apply(&file, t, netns.as_deref()),
+        Cmd::Remove { netns } => commands::remove(t, netns.as_deref()),
+        Cmd::Status { json, netns } => commands::status(t, json, netns.as_deref()),
+        Cmd::Explain(args) => commands::explain(&args),
+        Cmd::Lab { action, names } => match action {
+            LabAction::Up => lab::up(&names, t),
+            LabAction::Down => lab::down(&names),
+            LabAction::Demo => lab::demo(&names, t),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
