@@ -187,7 +187,8 @@ fn run_case(lab: &Lab, policy: &policy::Policy, c: &ProbeCase) -> std::result::R
             src: c.src,
             dst: Target::Ip(c.filter_dst),
             proto,
-            dport: (c.port != 0).then_some(c.port),
+            // After DNAT the filter sees the inside port.
+            dport: Some(listen.port()).filter(|p| *p != 0),
             direction: c.direction,
             in_interface: None,
             out_interface: None,
@@ -213,6 +214,7 @@ fn probe_kind(p: &testlab::Probe) -> &'static str {
         testlab::Probe::Connected { .. } => "connected",
         testlab::Probe::Refused => "refused",
         testlab::Probe::TimedOut => "timed out",
+        testlab::Probe::Unreachable(_) => "unreachable",
     }
 }
 
