@@ -9,7 +9,8 @@
 use crate::schema::*;
 use ipnet::IpNet;
 use policy::{
-    Action, Direction, Nat as NatPolicy, Policy, PortRange, Protocol, Rule as PolicyRule, SnatTo, Topology,
+    Action, Direction, Nat as NatPolicy, Policy, PortRange, Protocol, Rule as PolicyRule, SnatTo,
+    Topology,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -164,14 +165,22 @@ impl Compiler<'_> {
     /// libnftables before 1.0.7 drops table comments given in JSON, rule comments it keeps.
     fn info_chain(&mut self) {
         if let Some(comment) = &self.opts.comment {
-            let rule = self.rule(INFO_CHAIN, vec![verdict(Verdict::Return(None))], Some(comment));
+            let rule = self.rule(
+                INFO_CHAIN,
+                vec![verdict(Verdict::Return(None))],
+                Some(comment),
+            );
             let chain = self.chain(INFO_CHAIN, None);
             self.chains.push((chain, vec![rule]));
         }
     }
 
     fn fqdn_sets(&mut self, policy: &Policy) {
-        for r in policy.rules.iter().filter(|r| !r.destination_fqdn.is_empty()) {
+        for r in policy
+            .rules
+            .iter()
+            .filter(|r| !r.destination_fqdn.is_empty())
+        {
             let (v4, v6) = fqdn_set_names(&r.id);
             for (name, ty) in [(v4, "ipv4_addr"), (v6, "ipv6_addr")] {
                 self.sets.push(Set {
@@ -227,16 +236,21 @@ impl Compiler<'_> {
         };
 
         // input
-        let mut input = vec![
-            self.rule("input", vec![matches(meta("iifname"), s("lo")), verdict(Verdict::accept())], None),
-        ];
+        let mut input = vec![self.rule(
+            "input",
+            vec![
+                matches(meta("iifname"), s("lo")),
+                verdict(Verdict::accept()),
+            ],
+            None,
+        )];
         input.extend(self.conntrack_prelude("input"));
         if d.icmp_essentials {
             input.extend(self.icmp_essentials("input"));
         }
         input.extend(self.rules("input", &by_dir(&[Some(Direction::Input)])));
         input.extend(self.default_rules("input", d.input_action));
-        self.push_base("input", "input", d.input_action, input);
+        self.push_base("input", "input", input);
 
         // forward
         let mut forward = self.conntrack_prelude("forward");
@@ -247,9 +261,20 @@ impl Compiler<'_> {
             }
             topo => {
                 let (egress_match, ingress_match) = side_matches(&topo);
-                forward.push(self.rule("forward", push(egress_match, verdict(Verdict::jump("egress"))), None));
-                forward.push(self.rule("forward", push(ingress_match, verdict(Verdict::jump("ingress"))), None));
-                for (name, dir) in [("egress", Direction::Egress), ("ingress", Direction::Ingress)] {
+                forward.push(self.rule(
+                    "forward",
+                    push(egress_match, verdict(Verdict::jump("egress"))),
+                    None,
+                ));
+                forward.push(self.rule(
+                    "forward",
+                    push(ingress_match, verdict(Verdict::jump("ingress"))),
+                    None,
+                ));
+                for (name, dir) in [
+                    ("egress", Direction::Egress),
+                    ("ingress", Direction::Ingress),
+                ] {
                     let rules = self.rules(name, &by_dir(&[None, Some(dir)]));
                     let chain = self.chain(name, None);
                     self.chains.push((chain, rules));
@@ -257,19 +282,31 @@ impl Compiler<'_> {
             }
         }
         forward.extend(self.default_rules("forward", d.default_action));
-        self.push_base("forward", "forward", d.default_action, forward);
+        self.push_base("forward", "forward", forward);
 
         // output
-        let mut output = vec![
-            self.rule("output", vec![matches(meta("oifname"), s("lo")), verdict(Verdict::accept())], None),
-        ];
+        let mut output = vec![self.rule(
+            "output",
+            vec![
+                matches(meta("oifname"), s("lo")),
+                verdict(Verdict::accept()),
+            ],
+            None,
+        )];
         output.extend(self.conntrack_prelude("output"));
         if d.icmp_essentials {
             // Neighbour discovery and router solicitation must leave even under `output_action: deny`.
             output.push(self.rule(
                 "output",
                 vec![
-                    matches(payload("icmpv6", "type"), set(strs(&["nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit"]))),
+                    matches(
+                        payload("icmpv6", "type"),
+                        set(strs(&[
+                            "nd-neighbor-solicit",
+                            "nd-neighbor-advert",
+                            "nd-router-solicit",
+                        ])),
+                    ),
                     verdict(Verdict::accept()),
                 ],
                 None,
@@ -277,22 +314,27 @@ impl Compiler<'_> {
         }
         output.extend(self.rules("output", &by_dir(&[Some(Direction::Output)])));
         output.extend(self.default_rules("output", d.output_action));
-        self.push_base("output", "output", d.output_action, output);
+        self.push_base("output", "output", output);
     }
 
-    fn push_base(&mut self, name: &str, hook: &'static str, policy: Action, rules: Vec<Rule>) {
+    /// Base chains always have policy accept; the default is the explicit last rule instead.
+    /// While a replace is committed, the old and the new chain are both hooked for a moment,
+    /// and a chain whose rules are not (or no longer) active applies only its policy: with
+    /// `drop` there, allowed packets would be lost during every apply.
+    fn push_base(&mut self, name: &str, hook: &'static str, rules: Vec<Rule>) {
         let base = BaseChain {
             kind: "filter",
             hook,
             prio: 0,
-            policy: match policy {
-                Action::Accept => "accept",
-                Action::Deny => "drop",
-            },
+            policy: "accept",
         };
         let chain = self.chain(name, Some(base));
         // Base chains first in the listing, in hook order, so the output reads top-down.
-        let at = self.chains.iter().take_while(|(c, _)| c.base.is_some()).count();
+        let at = self
+            .chains
+            .iter()
+            .take_while(|(c, _)| c.base.is_some())
+            .count();
         self.chains.insert(at, (chain, rules));
     }
 
@@ -301,14 +343,25 @@ impl Compiler<'_> {
             self.rule(
                 chain,
                 vec![
-                    Stmt::Match { op: "in", left: ct("state"), right: set(strs(&["established", "related"])) },
+                    Stmt::Match {
+                        op: "in",
+                        left: ct("state"),
+                        right: set(strs(&["established", "related"])),
+                    },
                     verdict(Verdict::accept()),
                 ],
                 None,
             ),
             self.rule(
                 chain,
-                vec![Stmt::Match { op: "in", left: ct("state"), right: s("invalid") }, verdict(Verdict::drop())],
+                vec![
+                    Stmt::Match {
+                        op: "in",
+                        left: ct("state"),
+                        right: s("invalid"),
+                    },
+                    verdict(Verdict::drop()),
+                ],
                 None,
             ),
         ]
@@ -318,7 +371,10 @@ impl Compiler<'_> {
         vec![
             self.rule(
                 chain,
-                vec![matches(payload("icmp", "type"), s("echo-request")), verdict(Verdict::accept())],
+                vec![
+                    matches(payload("icmp", "type"), s("echo-request")),
+                    verdict(Verdict::accept()),
+                ],
                 Some("icmp-essentials"),
             ),
             self.rule(
@@ -356,10 +412,22 @@ impl Compiler<'_> {
 
     fn default_rules(&self, chain: &str, action: Action) -> Vec<Rule> {
         match action {
-            Action::Accept => vec![self.rule(chain, vec![counter(), verdict(Verdict::accept())], Some(DEFAULT_ACCEPT))],
+            Action::Accept => vec![self.rule(
+                chain,
+                vec![counter(), verdict(Verdict::accept())],
+                Some(DEFAULT_ACCEPT),
+            )],
             Action::Deny => vec![
-                self.rule(chain, self.log_stmts(&format!("ward {DEFAULT_DENY} {chain} ")), None),
-                self.rule(chain, vec![counter(), verdict(Verdict::drop())], Some(DEFAULT_DENY)),
+                self.rule(
+                    chain,
+                    self.log_stmts(&format!("ward {DEFAULT_DENY} {chain} ")),
+                    None,
+                ),
+                self.rule(
+                    chain,
+                    vec![counter(), verdict(Verdict::drop())],
+                    Some(DEFAULT_DENY),
+                ),
             ],
         }
     }
@@ -368,23 +436,21 @@ impl Compiler<'_> {
     fn rules(&mut self, chain: &str, rules: &[&PolicyRule]) -> Vec<Rule> {
         let mut out = Vec::new();
         let mut run: Option<Run> = None;
-        for rule in rules {
-            for atom in atoms(rule) {
-                if let Some(r) = run.as_mut() {
-                    if atom.foldable() && r.shape == atom.shape() && r.try_add(&atom) {
-                        continue;
-                    }
+        for atom in family_ordered(rules.iter().flat_map(|r| atoms(r))) {
+            if let Some(r) = run.as_mut() {
+                if atom.foldable() && r.shape == atom.shape() && r.try_add(&atom) {
+                    continue;
                 }
-                if let Some(r) = run.take() {
-                    out.extend(self.emit_run(chain, r));
-                }
-                if atom.foldable() {
-                    let mut r = Run::new(atom.shape());
-                    r.try_add(&atom);
-                    run = Some(r);
-                } else {
-                    out.push(self.linear(chain, &atom));
-                }
+            }
+            if let Some(r) = run.take() {
+                out.extend(self.emit_run(chain, r));
+            }
+            if atom.foldable() {
+                let mut r = Run::new(atom.shape());
+                r.try_add(&atom);
+                run = Some(r);
+            } else {
+                out.push(self.linear(chain, &atom));
             }
         }
         if let Some(r) = run.take() {
@@ -397,7 +463,13 @@ impl Compiler<'_> {
         if run.atoms.len() < 2 {
             return run.atoms.iter().map(|a| self.linear(chain, a)).collect();
         }
-        let name = format!("{chain}-{}", self.sets.iter().filter(|s| s.name.starts_with(&format!("{chain}-"))).count());
+        let name = format!(
+            "{chain}-{}",
+            self.sets
+                .iter()
+                .filter(|s| s.name.starts_with(&format!("{chain}-")))
+                .count()
+        );
         let dims = run.shape.dims();
         let key_type = if dims.len() == 1 {
             KeyType::Single(dims[0].key_type(run.shape.fam))
@@ -410,7 +482,9 @@ impl Compiler<'_> {
         } else {
             Expr::Named(Named::Concat(key_exprs))
         };
-        let interval = dims.iter().any(|d| matches!(d, Dim::Saddr | Dim::Daddr | Dim::Dport));
+        let interval = dims
+            .iter()
+            .any(|d| matches!(d, Dim::Saddr | Dim::Daddr | Dim::Dport));
         let mut elem = Vec::new();
         for atom in &run.atoms {
             let v = atom.verdict();
@@ -422,7 +496,10 @@ impl Compiler<'_> {
                     Expr::Named(Named::Concat(vals))
                 };
                 elem.push(Expr::Pair(Box::new((
-                    Expr::Named(Named::Elem { val: Box::new(val), comment: Some(atom.rule.id.clone()) }),
+                    Expr::Named(Named::Elem {
+                        val: Box::new(val),
+                        comment: Some(atom.rule.id.clone()),
+                    }),
                     Expr::Verdict(v.clone()),
                 ))));
             }
@@ -436,12 +513,23 @@ impl Compiler<'_> {
             name: name.clone(),
             key_type,
             map: Some("verdict"),
-            flags: if interval { vec!["interval"] } else { Vec::new() },
+            flags: if interval {
+                vec!["interval"]
+            } else {
+                Vec::new()
+            },
             elem,
             stmt: vec![counter()],
             comment: None,
         });
-        vec![self.rule(chain, vec![Stmt::Vmap { key, data: s(format!("@{name}")) }], None)]
+        vec![self.rule(
+            chain,
+            vec![Stmt::Vmap {
+                key,
+                data: s(format!("@{name}")),
+            }],
+            None,
+        )]
     }
 
     fn linear(&mut self, chain: &str, atom: &Atom) -> Rule {
@@ -455,23 +543,41 @@ impl Compiler<'_> {
             expr.push(matches(meta("oifname"), s(o)));
         }
         if !atom.saddr.is_empty() {
-            expr.push(matches(Dim::Saddr.key_expr(fam), one_or_set(atom.saddr.iter().map(|n| Val::Net(*n).expr()))));
+            expr.push(matches(
+                Dim::Saddr.key_expr(fam),
+                one_or_set(atom.saddr.iter().map(|n| Val::Net(*n).expr())),
+            ));
         }
         match &atom.daddr {
             Dst::Any => {}
             Dst::Nets(n) => {
-                expr.push(matches(Dim::Daddr.key_expr(fam), one_or_set(n.iter().map(|n| Val::Net(*n).expr()))));
+                expr.push(matches(
+                    Dim::Daddr.key_expr(fam),
+                    one_or_set(n.iter().map(|n| Val::Net(*n).expr())),
+                ));
             }
-            Dst::Fqdn(set_name) => expr.push(matches(Dim::Daddr.key_expr(fam), s(format!("@{set_name}")))),
+            Dst::Fqdn(set_name) => {
+                expr.push(matches(Dim::Daddr.key_expr(fam), s(format!("@{set_name}"))))
+            }
         }
         if !atom.protos.is_empty() {
-            expr.push(matches(meta("l4proto"), one_or_set(atom.protos.iter().map(|p| s(*p)))));
+            expr.push(matches(
+                meta("l4proto"),
+                one_or_set(atom.protos.iter().map(|p| s(*p))),
+            ));
         }
         if !atom.ports.is_empty() {
-            expr.push(matches(payload("th", "dport"), one_or_set(atom.ports.iter().map(|p| Val::Port(*p).expr()))));
+            expr.push(matches(
+                payload("th", "dport"),
+                one_or_set(atom.ports.iter().map(|p| Val::Port(*p).expr())),
+            ));
         }
         if atom.established {
-            expr.push(Stmt::Match { op: "in", left: ct("state"), right: s("established") });
+            expr.push(Stmt::Match {
+                op: "in",
+                left: ct("state"),
+                right: s("established"),
+            });
         }
         expr.push(counter());
         expr.push(verdict(atom.verdict()));
@@ -488,7 +594,10 @@ impl Compiler<'_> {
                     expr.push(matches(Dim::Saddr.key_expr(fam), Val::Net(from).expr()));
                 }
                 expr.push(matches(Dim::Daddr.key_expr(fam), s(d.wan_ip.to_string())));
-                expr.push(matches(payload(d.proto.as_str(), "dport"), num(d.wan_port.into())));
+                expr.push(matches(
+                    payload(d.proto.as_str(), "dport"),
+                    num(d.wan_port.into()),
+                ));
                 expr.push(counter());
                 expr.push(Stmt::Dnat(Nat {
                     addr: Some(s(d.to.ip().to_string())),
@@ -497,7 +606,12 @@ impl Compiler<'_> {
                 }));
                 rules.push(self.rule("dstnat", expr, Some(&format!("dnat-{i}"))));
             }
-            let base = BaseChain { kind: "nat", hook: "prerouting", prio: -100, policy: "accept" };
+            let base = BaseChain {
+                kind: "nat",
+                hook: "prerouting",
+                prio: -100,
+                policy: "accept",
+            };
             let chain = self.chain("dstnat", Some(base));
             self.chains.push((chain, rules));
         }
@@ -517,7 +631,11 @@ impl Compiler<'_> {
                     }
                     SnatTo::Address { ip, port_range } => {
                         let to = |port: Option<Expr>| {
-                            Stmt::Snat(Nat { addr: Some(s(ip.to_string())), family: Some(fam.nat_family()), port })
+                            Stmt::Snat(Nat {
+                                addr: Some(s(ip.to_string())),
+                                family: Some(fam.nat_family()),
+                                port,
+                            })
                         };
                         if let Some(pr) = port_range {
                             // A port mapping needs a transport header; other protocols keep their ids.
@@ -532,7 +650,12 @@ impl Compiler<'_> {
                     }
                 }
             }
-            let base = BaseChain { kind: "nat", hook: "postrouting", prio: 100, policy: "accept" };
+            let base = BaseChain {
+                kind: "nat",
+                hook: "postrouting",
+                prio: 100,
+                policy: "accept",
+            };
             let chain = self.chain("srcnat", Some(base));
             self.chains.push((chain, rules));
         }
@@ -570,12 +693,24 @@ fn side_matches(topo: &Topology) -> (Vec<Stmt>, Vec<Stmt>) {
     let names = |v: &[String]| one_or_set(v.iter().map(s));
     match topo {
         Topology::Gateway { lan, wan } => (
-            vec![matches(meta("iifname"), names(lan)), matches(meta("oifname"), names(wan))],
-            vec![matches(meta("iifname"), names(wan)), matches(meta("oifname"), names(lan))],
+            vec![
+                matches(meta("iifname"), names(lan)),
+                matches(meta("oifname"), names(wan)),
+            ],
+            vec![
+                matches(meta("iifname"), names(wan)),
+                matches(meta("oifname"), names(lan)),
+            ],
         ),
         Topology::SnatWan { wan } => (
-            vec![not_matches(meta("iifname"), names(wan)), matches(meta("oifname"), names(wan))],
-            vec![matches(meta("iifname"), names(wan)), not_matches(meta("oifname"), names(wan))],
+            vec![
+                not_matches(meta("iifname"), names(wan)),
+                matches(meta("oifname"), names(wan)),
+            ],
+            vec![
+                matches(meta("iifname"), names(wan)),
+                not_matches(meta("oifname"), names(wan)),
+            ],
         ),
         Topology::Host => (Vec::new(), Vec::new()),
     }
@@ -654,7 +789,9 @@ fn atoms(rule: &PolicyRule) -> Vec<Atom<'_>> {
         ports: merge_ports(&rule.destination_port),
         established: rule.state.is_some(),
     };
-    let family_specific = !rule.source.is_empty() || !rule.destination.is_empty() || !rule.destination_fqdn.is_empty();
+    let family_specific = !rule.source.is_empty()
+        || !rule.destination.is_empty()
+        || !rule.destination_fqdn.is_empty();
     if !family_specific {
         return vec![base];
     }
@@ -676,8 +813,33 @@ fn atoms(rule: &PolicyRule) -> Vec<Atom<'_>> {
         } else {
             Dst::Any
         };
-        out.push(Atom { fam, saddr, daddr, ..base.clone() });
+        out.push(Atom {
+            fam,
+            saddr,
+            daddr,
+            ..base.clone()
+        });
     }
+    out
+}
+
+/// Reorders atoms so that, between two atoms that match both families, the IPv4 atoms come
+/// first and the IPv6 ones after, each in policy order. An IPv4 and an IPv6 atom never match
+/// the same packet, so this keeps first-match semantics and lets same-shape runs grow.
+fn family_ordered<'r>(atoms: impl Iterator<Item = Atom<'r>>) -> Vec<Atom<'r>> {
+    let mut out = Vec::new();
+    let mut v6 = Vec::new();
+    for a in atoms {
+        match a.fam {
+            Fam::V4 => out.push(a),
+            Fam::V6 => v6.push(a),
+            Fam::Any => {
+                out.append(&mut v6);
+                out.push(a);
+            }
+        }
+    }
+    out.append(&mut v6);
     out
 }
 
@@ -783,7 +945,10 @@ impl Val {
         match self {
             Val::Iface(i) => s(i.clone()),
             Val::Net(n) if n.prefix_len() == n.max_prefix_len() => s(n.addr().to_string()),
-            Val::Net(n) => Expr::Named(Named::Prefix { addr: n.network().to_string(), len: n.prefix_len() }),
+            Val::Net(n) => Expr::Named(Named::Prefix {
+                addr: n.network().to_string(),
+                len: n.prefix_len(),
+            }),
             Val::Proto(p) => s(*p),
             Val::Port(p) if p.lo == p.hi => num(p.lo.into()),
             Val::Port(p) => range(p.lo.into(), p.hi.into()),
@@ -953,7 +1118,9 @@ impl<'r> Run<'r> {
     fn overlaps(&self, key: &[Val]) -> bool {
         match self.candidates(key) {
             None => true,
-            Some(c) => c.into_iter().any(|i| self.elems[i].iter().zip(key).all(|(a, b)| a.overlaps(b))),
+            Some(c) => c
+                .into_iter()
+                .any(|i| self.elems[i].iter().zip(key).all(|(a, b)| a.overlaps(b))),
         }
     }
 

@@ -28,7 +28,10 @@ pub struct Installed {
 impl Installed {
     /// A `key=value` field of the table comment.
     pub fn comment_field(&self, key: &str) -> Option<&str> {
-        self.comment.as_deref()?.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        self.comment
+            .as_deref()?
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
     }
 }
 
@@ -37,13 +40,17 @@ pub fn read(session: &Session, table: &str) -> Result<Option<Installed>, NftErro
     let Some(json) = session.list_table(table, Format::Json)? else {
         return Ok(None);
     };
-    let v: Value = serde_json::from_str(&json).map_err(|e| NftError::Rejected(format!("unreadable listing: {e}")))?;
+    let v: Value = serde_json::from_str(&json)
+        .map_err(|e| NftError::Rejected(format!("unreadable listing: {e}")))?;
     Ok(Some(parse_listing(&v)))
 }
 
 fn counter_of(v: &Value) -> Option<Count> {
     let c = v.get("counter")?;
-    Some(Count { packets: c.get("packets")?.as_u64()?, bytes: c.get("bytes")?.as_u64()? })
+    Some(Count {
+        packets: c.get("packets")?.as_u64()?,
+        bytes: c.get("bytes")?.as_u64()?,
+    })
 }
 
 fn add(map: &mut BTreeMap<String, Count>, key: &str, c: Count) {
@@ -54,7 +61,11 @@ fn add(map: &mut BTreeMap<String, Count>, key: &str, c: Count) {
 
 pub fn parse_listing(v: &Value) -> Installed {
     let mut out = Installed::default();
-    let items = v.get("nftables").and_then(Value::as_array).cloned().unwrap_or_default();
+    let items = v
+        .get("nftables")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     for item in &items {
         if item.get("chain").is_some() {
             out.chains += 1;
@@ -72,12 +83,20 @@ pub fn parse_listing(v: &Value) -> Installed {
                 }
             }
         } else if let Some(m) = item.get("map").or_else(|| item.get("set")) {
-            for e in m.get("elem").and_then(Value::as_array).into_iter().flatten() {
+            for e in m
+                .get("elem")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 out.map_elements += 1;
                 // A map element is `[{"elem": {...}}, verdict]`; a set element is `{"elem": {...}}`.
                 let elem = e.get(0).unwrap_or(e).get("elem");
                 if let Some(elem) = elem {
-                    if let (Some(id), Some(c)) = (elem.get("comment").and_then(Value::as_str), counter_of(elem)) {
+                    if let (Some(id), Some(c)) = (
+                        elem.get("comment").and_then(Value::as_str),
+                        counter_of(elem),
+                    ) {
                         add(&mut out.counters, id, c);
                     }
                 }
@@ -98,7 +117,8 @@ pub fn is_rule_counter(key: &str) -> bool {
 
 /// Replaces ward's table with `compiled` in one transaction, after the kernel has checked it.
 pub fn replace(session: &Session, compiled: &Compiled) -> Result<(), NftError> {
-    let json = serde_json::to_string(&compiled.replace_batch()).map_err(|e| NftError::Rejected(e.to_string()))?;
+    let json = serde_json::to_string(&compiled.replace_batch())
+        .map_err(|e| NftError::Rejected(e.to_string()))?;
     session.check_json(&json)?;
     session.apply_json(&json)
 }
@@ -116,14 +136,19 @@ pub fn remove(session: &Session, table: &str) -> Result<bool, NftError> {
 /// loaded into a private, empty network namespace that vanishes with its thread, so the
 /// listing has exactly the kernel's normal form and nothing live is touched.
 pub fn render_in_scratch(compiled: &Compiled) -> Result<String, NftError> {
-    let json = serde_json::to_string(&compiled.replace_batch()).map_err(|e| NftError::Rejected(e.to_string()))?;
+    let json = serde_json::to_string(&compiled.replace_batch())
+        .map_err(|e| NftError::Rejected(e.to_string()))?;
     let table = compiled.table.name.clone();
     std::thread::spawn(move || -> Result<String, NftError> {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| NftError::Init(format!("cannot create a scratch network namespace: {e} (are you root?)")))?;
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+            NftError::Init(format!(
+                "cannot create a scratch network namespace: {e} (are you root?)"
+            ))
+        })?;
         let s = Session::open()?;
         s.apply_json(&json)?;
-        Ok(s.list_table(&table, Format::TextStateless)?.unwrap_or_default())
+        Ok(s.list_table(&table, Format::TextStateless)?
+            .unwrap_or_default())
     })
     .join()
     .map_err(|_| NftError::Init("scratch namespace thread panicked".into()))?
@@ -131,7 +156,9 @@ pub fn render_in_scratch(compiled: &Compiled) -> Result<String, NftError> {
 
 /// A unified diff between the live table and the one `compiled` would install (empty when equal).
 pub fn plan(session: &Session, compiled: &Compiled) -> Result<String, NftError> {
-    let live = session.list_table(&compiled.table.name, Format::TextStateless)?.unwrap_or_default();
+    let live = session
+        .list_table(&compiled.table.name, Format::TextStateless)?
+        .unwrap_or_default();
     let want = render_in_scratch(compiled)?;
     let live = strip_comment_line(&live);
     let want = strip_comment_line(&want);
@@ -139,7 +166,11 @@ pub fn plan(session: &Session, compiled: &Compiled) -> Result<String, NftError> 
         return Ok(String::new());
     }
     let diff = similar::TextDiff::from_lines(&live, &want);
-    Ok(diff.unified_diff().context_radius(2).header("live", "policy").to_string())
+    Ok(diff
+        .unified_diff()
+        .context_radius(2)
+        .header("live", "policy")
+        .to_string())
 }
 
 /// The info chain carries the apply time, which is not a difference in policy.

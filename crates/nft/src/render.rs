@@ -120,7 +120,12 @@ fn expr(e: &Expr, quote_strings: bool) -> String {
 }
 
 fn is_ifname(e: &Expr) -> bool {
-    matches!(e, Expr::Named(Named::Meta { key: "iifname" | "oifname" }))
+    matches!(
+        e,
+        Expr::Named(Named::Meta {
+            key: "iifname" | "oifname"
+        })
+    )
 }
 
 fn verdict_str(v: &Verdict) -> String {
@@ -157,7 +162,9 @@ fn stmt(s: &Stmt) -> String {
         }
         Stmt::Counter(_) => "counter".into(),
         Stmt::Vmap { key, data } => format!("{} vmap {}", expr(key, false), expr(data, false)),
-        Stmt::Limit { rate, per, burst } => format!("limit rate {rate}/{per} burst {burst} packets"),
+        Stmt::Limit { rate, per, burst } => {
+            format!("limit rate {rate}/{per} burst {burst} packets")
+        }
         Stmt::Log { prefix, group } => format!("log prefix {} group {group}", quote(prefix)),
         Stmt::Masquerade(_) => "masquerade".into(),
         Stmt::Snat(n) => format!("snat {}", nat_target(n)),

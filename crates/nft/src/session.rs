@@ -107,7 +107,8 @@ impl Session {
     }
 
     fn run(&self, cmd: &str, flags: c_uint, dry_run: bool) -> Result<String, NftError> {
-        let c = CString::new(cmd).map_err(|_| NftError::Rejected("command contains a NUL byte".into()))?;
+        let c = CString::new(cmd)
+            .map_err(|_| NftError::Rejected("command contains a NUL byte".into()))?;
         // SAFETY: `ctx` is live for `self`'s lifetime; buffers returned by libnftables are
         // valid NUL-terminated strings until the next command on this context, and are copied.
         unsafe {
@@ -122,7 +123,11 @@ impl Session {
             let out = cstr(get_out(self.ctx));
             let err = cstr(get_err(self.ctx));
             if rc != 0 {
-                let msg = if err.trim().is_empty() { format!("exit code {rc}") } else { err.trim_end().to_string() };
+                let msg = if err.trim().is_empty() {
+                    format!("exit code {rc}")
+                } else {
+                    err.trim_end().to_string()
+                };
                 return Err(NftError::Rejected(msg));
             }
             Ok(out)

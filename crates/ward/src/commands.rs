@@ -44,7 +44,10 @@ pub fn load(file: &Path) -> Result<Loaded> {
             for w in &checked.warnings {
                 eprintln!("warning: {w}");
             }
-            Ok(Loaded { checked, sha256: hex::encode(Sha256::digest(text.as_bytes())) })
+            Ok(Loaded {
+                checked,
+                sha256: hex::encode(Sha256::digest(text.as_bytes())),
+            })
         }
         Err(errs) => {
             let n = errs.0.len();
@@ -60,7 +63,11 @@ pub fn load(file: &Path) -> Result<Loaded> {
 }
 
 pub fn options(table: &str, comment: Option<String>) -> nft::Options {
-    nft::Options { table: table.to_string(), comment, ..nft::Options::default() }
+    nft::Options {
+        table: table.to_string(),
+        comment,
+        ..nft::Options::default()
+    }
 }
 
 /// Enters the namespace (if any) and opens a libnftables session there.
@@ -91,9 +98,13 @@ pub fn check(file: &Path) -> Result {
 
 pub fn compile(file: &Path, table: &str, json: bool) -> Result {
     let l = load(file)?;
-    let compiled = nft::compile(&l.checked.policy, &options(table, Some(table_comment(&l.sha256, None))));
+    let compiled = nft::compile(
+        &l.checked.policy,
+        &options(table, Some(table_comment(&l.sha256, None))),
+    );
     if json {
-        let out = serde_json::to_string_pretty(&compiled.replace_batch()).map_err(|e| Failure(e.to_string()))?;
+        let out = serde_json::to_string_pretty(&compiled.replace_batch())
+            .map_err(|e| Failure(e.to_string()))?;
         println!("{out}");
     } else {
         print!("{}", nft::render::to_nft(&compiled));
@@ -104,7 +115,10 @@ pub fn compile(file: &Path, table: &str, json: bool) -> Result {
 /// `ward sha256=HEX applied=TIME`: kept on the table itself, so status needs no state file.
 fn table_comment(sha256: &str, applied: Option<std::time::SystemTime>) -> String {
     match applied {
-        Some(t) => format!("ward sha256={sha256} applied={}", humantime::format_rfc3339_seconds(t)),
+        Some(t) => format!(
+            "ward sha256={sha256} applied={}",
+            humantime::format_rfc3339_seconds(t)
+        ),
         None => format!("ward sha256={sha256}"),
     }
 }
@@ -112,10 +126,16 @@ fn table_comment(sha256: &str, applied: Option<std::time::SystemTime>) -> String
 pub fn plan(file: &Path, table: &str, netns: Option<&str>) -> Result {
     let l = load(file)?;
     let s = session(netns)?;
-    let compiled = nft::compile(&l.checked.policy, &options(table, Some(table_comment(&l.sha256, None))));
+    let compiled = nft::compile(
+        &l.checked.policy,
+        &options(table, Some(table_comment(&l.sha256, None))),
+    );
     let diff = live::plan(&s, &compiled)?;
     if diff.is_empty() {
-        println!("no changes: the live table already matches {}", file.display());
+        println!(
+            "no changes: the live table already matches {}",
+            file.display()
+        );
     } else {
         print!("{diff}");
     }
@@ -127,7 +147,11 @@ pub fn apply(file: &Path, table: &str, netns: Option<&str>) -> Result {
     let s = session(netns)?;
     let comment = table_comment(&l.sha256, Some(std::time::SystemTime::now()));
     let compiled = nft::compile(&l.checked.policy, &options(table, Some(comment)));
-    live::replace(&s, &compiled).map_err(|e| Failure(format!("error: {e}\napply failed; the live table was not changed.")))?;
+    live::replace(&s, &compiled).map_err(|e| {
+        Failure(format!(
+            "error: {e}\napply failed; the live table was not changed."
+        ))
+    })?;
     println!(
         "applied {} (sha256 {}): {} rules as {} maps and {} linear rules",
         file.display(),
@@ -184,7 +208,9 @@ pub fn status(table: &str, json: bool, netns: Option<&str>) -> Result {
         Ok(Some(inst)) => fill(&mut st, inst),
         Ok(None) => {
             st.overall = "degraded";
-            st.last_error = Some(format!("table inet {table} is not installed (run `ward apply`)"));
+            st.last_error = Some(format!(
+                "table inet {table} is not installed (run `ward apply`)"
+            ));
         }
         Err(Failure(e)) => {
             st.overall = "degraded";
@@ -196,11 +222,25 @@ pub fn status(table: &str, json: bool, netns: Option<&str>) -> Result {
         return Ok(());
     }
     println!("overall:        {}", st.overall);
-    println!("table:          {} ({})", st.table, if st.table_installed { "installed" } else { "not installed" });
+    println!(
+        "table:          {} ({})",
+        st.table,
+        if st.table_installed {
+            "installed"
+        } else {
+            "not installed"
+        }
+    );
     if st.table_installed {
         println!("rules:          {} nftables rules", st.rules_installed);
-        println!("policy sha256:  {}", st.policy_sha256.as_deref().unwrap_or("unknown"));
-        println!("applied at:     {}", st.applied_at.as_deref().unwrap_or("unknown"));
+        println!(
+            "policy sha256:  {}",
+            st.policy_sha256.as_deref().unwrap_or("unknown")
+        );
+        println!(
+            "applied at:     {}",
+            st.applied_at.as_deref().unwrap_or("unknown")
+        );
     }
     if let Some(e) = &st.last_error {
         println!("last error:     {e}");

@@ -44,7 +44,8 @@ fn bring_up(names: &LabNames, table: &str) -> Result<(Lab, policy::Policy)> {
         Some(p) => p.clone(),
         None => {
             let p = std::env::temp_dir().join(format!("ward-lab-{}.yaml", std::process::id()));
-            std::fs::write(&p, LAB_POLICY).map_err(|e| Failure(format!("error: writing {}: {e}", p.display())))?;
+            std::fs::write(&p, LAB_POLICY)
+                .map_err(|e| Failure(format!("error: writing {}: {e}", p.display())))?;
             p
         }
     };
@@ -60,13 +61,19 @@ fn bring_up(names: &LabNames, table: &str) -> Result<(Lab, policy::Policy)> {
         .fw()
         .run(move || -> Result {
             let s = commands::session(None)?;
-            let compiled = nft::compile(&policy, &commands::options(&table, Some(format!("ward sha256={}", loaded.sha256))));
+            let compiled = nft::compile(
+                &policy,
+                &commands::options(&table, Some(format!("ward sha256={}", loaded.sha256))),
+            );
             nft::live::replace(&s, &compiled)?;
             Ok(())
         })
         .map_err(lab_err)?;
     applied?;
-    eprintln!("lab up: namespaces {} / {} / {}; policy applied in {fw}", names.lan, names.fw, names.wan);
+    eprintln!(
+        "lab up: namespaces {} / {} / {}; policy applied in {fw}",
+        names.lan, names.fw, names.wan
+    );
     Ok((lab, loaded.checked.policy))
 }
 
@@ -117,36 +124,157 @@ fn cases() -> Vec<ProbeCase> {
     let lan = |l: &Lab| l.lan();
     let fw = |l: &Lab| l.fw();
     let wan = |l: &Lab| l.wan();
-    let c = |what, from, to, kind, dst: IpAddr, port, expect_pass, direction, src: IpAddr| ProbeCase {
-        what,
-        from,
-        to,
-        kind,
-        dst,
-        port,
-        listen: None,
-        expect_pass,
-        direction,
-        filter_dst: dst,
-        src,
-    };
+    let c =
+        |what, from, to, kind, dst: IpAddr, port, expect_pass, direction, src: IpAddr| ProbeCase {
+            what,
+            from,
+            to,
+            kind,
+            dst,
+            port,
+            listen: None,
+            expect_pass,
+            direction,
+            filter_dst: dst,
+            src,
+        };
     vec![
-        c("LAN → WAN tcp/443", lan, wan, Kind::Tcp, v4(addr::WAN_HOST), 443, true, Direction::Egress, v4(addr::LAN_HOST)),
-        c("LAN → WAN tcp/25", lan, wan, Kind::Tcp, v4(addr::WAN_HOST), 25, false, Direction::Egress, v4(addr::LAN_HOST)),
-        c("LAN → WAN udp/53", lan, wan, Kind::Udp, v4(addr::WAN_HOST), 53, true, Direction::Egress, v4(addr::LAN_HOST)),
-        c("LAN → WAN udp/5000", lan, wan, Kind::Udp, v4(addr::WAN_HOST), 5000, false, Direction::Egress, v4(addr::LAN_HOST)),
-        c("LAN → WAN ping", lan, wan, Kind::Ping, v4(addr::WAN_HOST), 0, true, Direction::Egress, v4(addr::LAN_HOST)),
-        c("LAN → WAN ping (IPv6)", lan, wan, Kind::Ping, v6(addr::WAN_HOST6), 0, true, Direction::Egress, v6(addr::LAN_HOST6)),
-        c("LAN → WAN tcp/443 (IPv6)", lan, wan, Kind::Tcp, v6(addr::WAN_HOST6), 443, true, Direction::Egress, v6(addr::LAN_HOST6)),
-        c("LAN → WAN tcp/23 (explicit deny)", lan, wan, Kind::Tcp, v4(addr::WAN_HOST), 23, false, Direction::Egress, v4(addr::LAN_HOST)),
+        c(
+            "LAN → WAN tcp/443",
+            lan,
+            wan,
+            Kind::Tcp,
+            v4(addr::WAN_HOST),
+            443,
+            true,
+            Direction::Egress,
+            v4(addr::LAN_HOST),
+        ),
+        c(
+            "LAN → WAN tcp/25",
+            lan,
+            wan,
+            Kind::Tcp,
+            v4(addr::WAN_HOST),
+            25,
+            false,
+            Direction::Egress,
+            v4(addr::LAN_HOST),
+        ),
+        c(
+            "LAN → WAN udp/53",
+            lan,
+            wan,
+            Kind::Udp,
+            v4(addr::WAN_HOST),
+            53,
+            true,
+            Direction::Egress,
+            v4(addr::LAN_HOST),
+        ),
+        c(
+            "LAN → WAN udp/5000",
+            lan,
+            wan,
+            Kind::Udp,
+            v4(addr::WAN_HOST),
+            5000,
+            false,
+            Direction::Egress,
+            v4(addr::LAN_HOST),
+        ),
+        c(
+            "LAN → WAN ping",
+            lan,
+            wan,
+            Kind::Ping,
+            v4(addr::WAN_HOST),
+            0,
+            true,
+            Direction::Egress,
+            v4(addr::LAN_HOST),
+        ),
+        c(
+            "LAN → WAN ping (IPv6)",
+            lan,
+            wan,
+            Kind::Ping,
+            v6(addr::WAN_HOST6),
+            0,
+            true,
+            Direction::Egress,
+            v6(addr::LAN_HOST6),
+        ),
+        c(
+            "LAN → WAN tcp/443 (IPv6)",
+            lan,
+            wan,
+            Kind::Tcp,
+            v6(addr::WAN_HOST6),
+            443,
+            true,
+            Direction::Egress,
+            v6(addr::LAN_HOST6),
+        ),
+        c(
+            "LAN → WAN tcp/23 (explicit deny)",
+            lan,
+            wan,
+            Kind::Tcp,
+            v4(addr::WAN_HOST),
+            23,
+            false,
+            Direction::Egress,
+            v4(addr::LAN_HOST),
+        ),
         ProbeCase {
             listen: Some(SocketAddr::new(v4(addr::LAN_HOST), 80)),
             filter_dst: v4(addr::LAN_HOST),
-            ..c("WAN → fw:8080 port-forward", wan, lan, Kind::Tcp, v4(addr::FW_WAN2), 8080, true, Direction::Ingress, v4(addr::WAN_HOST))
+            ..c(
+                "WAN → fw:8080 port-forward",
+                wan,
+                lan,
+                Kind::Tcp,
+                v4(addr::FW_WAN2),
+                8080,
+                true,
+                Direction::Ingress,
+                v4(addr::WAN_HOST),
+            )
         },
-        c("WAN → LAN tcp/22 unsolicited", wan, lan, Kind::Tcp, v4(addr::LAN_HOST), 22, false, Direction::Ingress, v4(addr::WAN_HOST)),
-        c("LAN → firewall ssh", lan, fw, Kind::Tcp, v4(addr::FW_LAN), 22, true, Direction::Input, v4(addr::LAN_HOST)),
-        c("WAN → firewall ssh", wan, fw, Kind::Tcp, v4(addr::FW_WAN), 22, false, Direction::Input, v4(addr::WAN_HOST)),
+        c(
+            "WAN → LAN tcp/22 unsolicited",
+            wan,
+            lan,
+            Kind::Tcp,
+            v4(addr::LAN_HOST),
+            22,
+            false,
+            Direction::Ingress,
+            v4(addr::WAN_HOST),
+        ),
+        c(
+            "LAN → firewall ssh",
+            lan,
+            fw,
+            Kind::Tcp,
+            v4(addr::FW_LAN),
+            22,
+            true,
+            Direction::Input,
+            v4(addr::LAN_HOST),
+        ),
+        c(
+            "WAN → firewall ssh",
+            wan,
+            fw,
+            Kind::Tcp,
+            v4(addr::FW_WAN),
+            22,
+            false,
+            Direction::Input,
+            v4(addr::WAN_HOST),
+        ),
     ]
 }
 
@@ -158,7 +286,11 @@ struct Row {
     ok: bool,
 }
 
-fn run_case(lab: &Lab, policy: &policy::Policy, c: &ProbeCase) -> std::result::Result<Row, testlab::LabError> {
+fn run_case(
+    lab: &Lab,
+    policy: &policy::Policy,
+    c: &ProbeCase,
+) -> std::result::Result<Row, testlab::LabError> {
     let timeout = Duration::from_millis(800);
     let listen = c.listen.unwrap_or(SocketAddr::new(c.dst, c.port));
     let server = (c.to)(lab);
@@ -196,7 +328,11 @@ fn run_case(lab: &Lab, policy: &policy::Policy, c: &ProbeCase) -> std::result::R
         },
     );
     let passed = probe.ok();
-    let mut observed = if passed { "pass".to_string() } else { format!("blocked ({})", probe_kind(&probe)) };
+    let mut observed = if passed {
+        "pass".to_string()
+    } else {
+        format!("blocked ({})", probe_kind(&probe))
+    };
     if let testlab::Probe::Connected { seen_as: Some(a) } = &probe {
         observed.push_str(&format!(", server saw {}", a.ip()));
     }
@@ -244,7 +380,10 @@ pub fn demo(names: &LabNames, table: &str) -> Result {
         return Err(f);
     }
     down?;
-    println!("{:<36} {:<9} {:<40} {}", "probe", "expected", "observed", "deciding rule");
+    println!(
+        "{:<36} {:<9} {:<40} {}",
+        "probe", "expected", "observed", "deciding rule"
+    );
     for r in &rows {
         println!(
             "{:<36} {:<9} {:<40} {}{}",
@@ -257,8 +396,13 @@ pub fn demo(names: &LabNames, table: &str) -> Result {
     }
     let bad = rows.iter().filter(|r| !r.ok).count();
     if bad > 0 {
-        return Err(Failure(format!("error: {bad} probe(s) did not see what the policy says")));
+        return Err(Failure(format!(
+            "error: {bad} probe(s) did not see what the policy says"
+        )));
     }
-    println!("\nall {} probes behaved as the policy says; lab removed", rows.len());
+    println!(
+        "\nall {} probes behaved as the policy says; lab removed",
+        rows.len()
+    );
     Ok(())
 }

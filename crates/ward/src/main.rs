@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "ward", version, about = "A Linux firewall and NAT gateway driven by one policy file")]
+#[command(
+    name = "ward",
+    version,
+    about = "A Linux firewall and NAT gateway driven by one policy file"
+)]
 struct Cli {
     /// Name of the one nftables table ward owns (family inet).
     #[arg(long, global = true, default_value = "ward")]
@@ -90,7 +94,9 @@ fn main() -> ExitCode {
     let t = &cli.table;
     let result = match cli.cmd {
         Cmd::Check { file } => commands::check(&file),
-        Cmd::Compile { file, format } => commands::compile(&file, t, matches!(format, OutputFormat::Json)),
+        Cmd::Compile { file, format } => {
+            commands::compile(&file, t, matches!(format, OutputFormat::Json))
+        }
         Cmd::Plan { file, netns } => commands::plan(&file, t, netns.as_deref()),
         Cmd::Apply { file, netns } => commands::apply(&file, t, netns.as_deref()),
         Cmd::Remove { netns } => commands::remove(t, netns.as_deref()),

@@ -17,13 +17,28 @@ fn defaults_of_each_direction() {
     let lab = lab();
     // Nothing but defaults: forwarded deny, input deny, output accept.
     apply(&lab, GATEWAY);
-    assert_blocked(&lan_to_wan(&lab, 80), "forwarded LAN → WAN under default deny");
-    assert_blocked(&wan_to_lan(&lab, 80), "forwarded WAN → LAN under default deny");
+    assert_blocked(
+        &lan_to_wan(&lab, 80),
+        "forwarded LAN → WAN under default deny",
+    );
+    assert_blocked(
+        &wan_to_lan(&lab, 80),
+        "forwarded WAN → LAN under default deny",
+    );
     let fw_lan = IpAddr::V4(addr::FW_LAN);
-    assert_blocked(&tcp(&lab, &lab.lan(), &lab.fw(), fw_lan, 22), "input under input_action deny");
-    assert_pass(&tcp(&lab, &lab.fw(), &lab.wan(), wan_ip(), 80), "output under output_action accept");
+    assert_blocked(
+        &tcp(&lab, &lab.lan(), &lab.fw(), fw_lan, 22),
+        "input under input_action deny",
+    );
+    assert_pass(
+        &tcp(&lab, &lab.fw(), &lab.wan(), wan_ip(), 80),
+        "output under output_action accept",
+    );
     // ICMP essentials: the firewall answers ping even though input is denied.
-    assert_pass(&lab.lan().ping(fw_lan, TIMEOUT).unwrap(), "ping to the firewall (icmp essentials)");
+    assert_pass(
+        &lab.lan().ping(fw_lan, TIMEOUT).unwrap(),
+        "ping to the firewall (icmp essentials)",
+    );
 
     // Flip every default.
     apply(
@@ -31,9 +46,18 @@ fn defaults_of_each_direction() {
         &format!("{GATEWAY}defaults:\n  default_action: accept\n  input_action: accept\n  output_action: deny\n"),
     );
     assert_pass(&lan_to_wan(&lab, 80), "forwarded under default accept");
-    assert_pass(&wan_to_lan(&lab, 80), "forwarded ingress under default accept");
-    assert_pass(&tcp(&lab, &lab.lan(), &lab.fw(), fw_lan, 22), "input under input_action accept");
-    assert_blocked(&tcp(&lab, &lab.fw(), &lab.wan(), wan_ip(), 80), "output under output_action deny");
+    assert_pass(
+        &wan_to_lan(&lab, 80),
+        "forwarded ingress under default accept",
+    );
+    assert_pass(
+        &tcp(&lab, &lab.lan(), &lab.fw(), fw_lan, 22),
+        "input under input_action accept",
+    );
+    assert_blocked(
+        &tcp(&lab, &lab.fw(), &lab.wan(), wan_ip(), 80),
+        "output under output_action deny",
+    );
     lab.down().unwrap();
 }
 
@@ -49,7 +73,10 @@ fn first_match_decides() {
 "
         ),
     );
-    assert_blocked(&lan_to_wan(&lab, 8080), "8080 is denied by the earlier rule");
+    assert_blocked(
+        &lan_to_wan(&lab, 8080),
+        "8080 is denied by the earlier rule",
+    );
     assert_pass(&lan_to_wan(&lab, 8081), "8081 falls to the later accept");
     lab.down().unwrap();
 }
@@ -67,7 +94,10 @@ fn cidr_in_and_out() {
 "
         ),
     );
-    assert_pass(&lan_to_wan(&lab, 80), "source and destination inside their CIDRs");
+    assert_pass(
+        &lan_to_wan(&lab, 80),
+        "source and destination inside their CIDRs",
+    );
     assert_blocked(&lan_to_wan(&lab, 81), "source outside the rule's CIDR");
     assert_blocked(&lan_to_wan(&lab, 82), "destination outside the rule's CIDR");
     lab.down().unwrap();
@@ -120,11 +150,23 @@ fn protocol_mismatch() {
 "
         ),
     );
-    assert_pass(&udp(&lab.lan(), &lab.wan(), wan_ip(), 7000), "udp to a udp rule");
+    assert_pass(
+        &udp(&lab.lan(), &lab.wan(), wan_ip(), 7000),
+        "udp to a udp rule",
+    );
     assert_blocked(&lan_to_wan(&lab, 7000), "tcp to a udp rule");
-    assert_pass(&lan_to_wan(&lab, 7001), "tcp to a port rule without protocol");
-    assert_pass(&udp(&lab.lan(), &lab.wan(), wan_ip(), 7001), "udp to a port rule without protocol");
-    assert_blocked(&lab.lan().ping(wan_ip(), TIMEOUT).unwrap(), "icmp matches no port rule");
+    assert_pass(
+        &lan_to_wan(&lab, 7001),
+        "tcp to a port rule without protocol",
+    );
+    assert_pass(
+        &udp(&lab.lan(), &lab.wan(), wan_ip(), 7001),
+        "udp to a port rule without protocol",
+    );
+    assert_blocked(
+        &lab.lan().ping(wan_ip(), TIMEOUT).unwrap(),
+        "icmp matches no port rule",
+    );
     lab.down().unwrap();
 }
 
@@ -136,9 +178,15 @@ fn egress_rule_never_matches_ingress_and_established_returns() {
         &format!("{GATEWAY}rules:\n  - {{id: out-web, direction: egress, protocol: tcp, destination_port: 80, action: accept}}\n"),
     );
     // The SYN/ACK and data of the LAN's connection come back: established return traffic.
-    assert_pass(&lan_to_wan(&lab, 80), "egress to an allowed port, with its replies");
+    assert_pass(
+        &lan_to_wan(&lab, 80),
+        "egress to an allowed port, with its replies",
+    );
     // The same port, opened from outside: an egress rule does not match ingress.
-    assert_blocked(&wan_to_lan(&lab, 80), "unsolicited inbound SYN to the same port");
+    assert_blocked(
+        &wan_to_lan(&lab, 80),
+        "unsolicited inbound SYN to the same port",
+    );
     lab.down().unwrap();
 }
 
@@ -155,9 +203,18 @@ fn ssh_to_the_firewall_and_output_deny() {
         ),
     );
     let fw = lab.fw();
-    assert_pass(&tcp(&lab, &lab.lan(), &fw, IpAddr::V4(addr::FW_LAN), 22), "ssh from the LAN");
-    assert_blocked(&tcp(&lab, &lab.wan(), &fw, IpAddr::V4(addr::FW_WAN), 22), "ssh from the WAN");
-    assert_blocked(&tcp(&lab, &lab.lan(), &fw, IpAddr::V4(addr::FW_LAN), 23), "another port from the LAN");
+    assert_pass(
+        &tcp(&lab, &lab.lan(), &fw, IpAddr::V4(addr::FW_LAN), 22),
+        "ssh from the LAN",
+    );
+    assert_blocked(
+        &tcp(&lab, &lab.wan(), &fw, IpAddr::V4(addr::FW_WAN), 22),
+        "ssh from the WAN",
+    );
+    assert_blocked(
+        &tcp(&lab, &lab.lan(), &fw, IpAddr::V4(addr::FW_LAN), 23),
+        "another port from the LAN",
+    );
     assert_blocked(&tcp(&lab, &fw, &lab.wan(), wan_ip(), 25), "output deny");
     assert_pass(&tcp(&lab, &fw, &lab.wan(), wan_ip(), 26), "other output");
     lab.down().unwrap();
@@ -169,13 +226,21 @@ fn masquerade_is_seen_from_the_wan() {
     let rule = "rules:\n  - {id: out, direction: egress, protocol: tcp, destination_port: 80, action: accept}\n";
     apply(&lab, &format!("{GATEWAY}{rule}"));
     let plain = lan_to_wan(&lab, 80);
-    assert_eq!(plain.seen_as().map(|a| a.ip()), Some(IpAddr::V4(addr::LAN_HOST)), "without NAT the WAN sees the LAN host");
+    assert_eq!(
+        plain.seen_as().map(|a| a.ip()),
+        Some(IpAddr::V4(addr::LAN_HOST)),
+        "without NAT the WAN sees the LAN host"
+    );
     apply(
         &lab,
         &format!("{GATEWAY}{rule}nat:\n  snat:\n    - {{out_interface: wan0, source: 192.168.50.0/24, masquerade: true}}\n"),
     );
     let masq = lan_to_wan(&lab, 80);
-    assert_eq!(masq.seen_as().map(|a| a.ip()), Some(IpAddr::V4(addr::FW_WAN)), "masquerade: the WAN sees the firewall");
+    assert_eq!(
+        masq.seen_as().map(|a| a.ip()),
+        Some(IpAddr::V4(addr::FW_WAN)),
+        "masquerade: the WAN sees the firewall"
+    );
     apply(
         &lab,
         &format!(
@@ -185,7 +250,10 @@ fn masquerade_is_seen_from_the_wan() {
     let snat = lan_to_wan(&lab, 80);
     let seen = snat.seen_as().expect("snat probe connects");
     assert_eq!(seen.ip(), IpAddr::V4(addr::FW_WAN2), "snat to external_ip");
-    assert!((20000..=20010).contains(&seen.port()), "snat port inside port_range, got {seen}");
+    assert!(
+        (20000..=20010).contains(&seen.port()),
+        "snat port inside port_range, got {seen}"
+    );
     lab.down().unwrap();
 }
 
@@ -193,8 +261,13 @@ const FORWARD_RULE: &str =
     "rules:\n  - {id: web-in, direction: ingress, destination: 192.168.50.10, protocol: tcp, destination_port: 80, action: accept}\n";
 
 fn port_forward(lab: &Lab) -> Probe {
-    let _srv = lab.lan().tcp_server(SocketAddr::new(IpAddr::V4(addr::LAN_HOST), 80)).unwrap();
-    lab.wan().tcp_probe(SocketAddr::new(IpAddr::V4(addr::FW_WAN2), 8080), TIMEOUT).unwrap()
+    let _srv = lab
+        .lan()
+        .tcp_server(SocketAddr::new(IpAddr::V4(addr::LAN_HOST), 80))
+        .unwrap();
+    lab.wan()
+        .tcp_probe(SocketAddr::new(IpAddr::V4(addr::FW_WAN2), 8080), TIMEOUT)
+        .unwrap()
 }
 
 #[test]
@@ -208,11 +281,18 @@ fn dnat_with_and_without_matching_from() {
     apply(&lab, &dnat(""));
     let p = port_forward(&lab);
     assert_pass(&p, "port-forward without a from filter");
-    assert_eq!(p.seen_as().map(|a| a.ip()), Some(wan_ip()), "the inside server sees the real client");
+    assert_eq!(
+        p.seen_as().map(|a| a.ip()),
+        Some(wan_ip()),
+        "the inside server sees the real client"
+    );
     apply(&lab, &dnat(", from: 198.51.100.0/24"));
     assert_pass(&port_forward(&lab), "port-forward with a matching from");
     apply(&lab, &dnat(", from: 203.0.113.0/24"));
-    assert_blocked(&port_forward(&lab), "port-forward with a from that does not match");
+    assert_blocked(
+        &port_forward(&lab),
+        "port-forward with a from that does not match",
+    );
     lab.down().unwrap();
 }
 
@@ -244,8 +324,14 @@ fn ipv6_rule() {
         ),
     );
     let v6 = IpAddr::V6(addr::WAN_HOST6);
-    assert_pass(&tcp(&lab, &lab.lan(), &lab.wan(), v6, 443), "IPv6 rule over IPv6");
-    assert_blocked(&tcp(&lab, &lab.lan(), &lab.wan(), v6, 444), "IPv4-only rule does not match IPv6");
+    assert_pass(
+        &tcp(&lab, &lab.lan(), &lab.wan(), v6, 443),
+        "IPv6 rule over IPv6",
+    );
+    assert_blocked(
+        &tcp(&lab, &lab.lan(), &lab.wan(), v6, 444),
+        "IPv4-only rule does not match IPv6",
+    );
     assert_blocked(&lan_to_wan(&lab, 443), "IPv6-only rule does not match IPv4");
     assert_pass(&lan_to_wan(&lab, 444), "IPv4 rule over IPv4");
     lab.down().unwrap();
@@ -265,7 +351,10 @@ fn folded_maps_keep_first_match_and_counters() {
     let lab = lab();
     apply(&lab, &format!("{GATEWAY}{rules}"));
     let listing = live_table(&lab);
-    assert!(listing.contains("vmap @egress-0"), "expected a folded map:\n{listing}");
+    assert!(
+        listing.contains("vmap @egress-0"),
+        "expected a folded map:\n{listing}"
+    );
     assert_pass(&lan_to_wan(&lab, 9000), "first element");
     assert_pass(&lan_to_wan(&lab, 9039), "last element");
     assert_blocked(&lan_to_wan(&lab, 9020), "the deny element");
@@ -274,10 +363,23 @@ fn folded_maps_keep_first_match_and_counters() {
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["overall"], "healthy");
-    assert!(v["counters"]["r0"]["packets"].as_u64().unwrap() >= 1, "r0 counted: {v}");
-    assert!(v["counters"]["r39"]["packets"].as_u64().unwrap() >= 1, "r39 counted: {v}");
-    assert!(v["counters"]["r20"]["packets"].as_u64().unwrap() >= 1, "r20 counted: {v}");
-    assert_eq!(v["counters"]["r5"]["packets"].as_u64(), Some(0), "r5 never hit: {v}");
+    assert!(
+        v["counters"]["r0"]["packets"].as_u64().unwrap() >= 1,
+        "r0 counted: {v}"
+    );
+    assert!(
+        v["counters"]["r39"]["packets"].as_u64().unwrap() >= 1,
+        "r39 counted: {v}"
+    );
+    assert!(
+        v["counters"]["r20"]["packets"].as_u64().unwrap() >= 1,
+        "r20 counted: {v}"
+    );
+    assert_eq!(
+        v["counters"]["r5"]["packets"].as_u64(),
+        Some(0),
+        "r5 never hit: {v}"
+    );
     lab.down().unwrap();
 }
 
@@ -291,8 +393,12 @@ fn atomic_replace_under_traffic() {
     let _s80 = lab.wan().tcp_server(SocketAddr::new(wan_ip(), 80)).unwrap();
     let _s81 = lab.wan().tcp_server(SocketAddr::new(wan_ip(), 81)).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let allowed = lab.lan().tcp_probe_loop(SocketAddr::new(wan_ip(), 80), stop.clone());
-    let denied = lab.lan().tcp_probe_loop(SocketAddr::new(wan_ip(), 81), stop.clone());
+    let allowed = lab
+        .lan()
+        .tcp_probe_loop(SocketAddr::new(wan_ip(), 80), stop.clone());
+    let denied = lab
+        .lan()
+        .tcp_probe_loop(SocketAddr::new(wan_ip(), 81), stop.clone());
     let f = PolicyFile::new(&policy);
     for i in 0..50 {
         let o = ward(&["apply", f.path(), "--netns", lab.fw().name()]);
@@ -302,9 +408,15 @@ fn atomic_replace_under_traffic() {
     let allowed = allowed.join().unwrap();
     let denied = denied.join().unwrap();
     assert!(allowed.successes > 0, "the allowed loop ran: {allowed:?}");
-    assert_eq!(allowed.failures, 0, "an allowed flow failed during re-applies: {allowed:?}");
+    assert_eq!(
+        allowed.failures, 0,
+        "an allowed flow failed during re-applies: {allowed:?}"
+    );
     assert!(denied.failures > 0, "the denied loop ran: {denied:?}");
-    assert_eq!(denied.successes, 0, "a denied flow got through during re-applies: {denied:?}");
+    assert_eq!(
+        denied.successes, 0,
+        "a denied flow got through during re-applies: {denied:?}"
+    );
     lab.down().unwrap();
 }
 
@@ -313,12 +425,26 @@ fn invalid_policy_leaves_live_table_byte_identical() {
     let lab = lab();
     apply(&lab, &format!("{GATEWAY}rules:\n  - {{id: a, direction: egress, protocol: tcp, destination_port: 80, action: accept}}\n"));
     let before = live_table(&lab);
-    let bad = PolicyFile::new(&format!("{GATEWAY}rules:\n  - {{id: a, direction: egress, protocol: sctp, action: accept}}\n"));
+    let bad = PolicyFile::new(&format!(
+        "{GATEWAY}rules:\n  - {{id: a, direction: egress, protocol: sctp, action: accept}}\n"
+    ));
     let o = ward(&["apply", bad.path(), "--netns", lab.fw().name()]);
-    assert_eq!(o.status.code(), Some(1), "invalid policy exits 1: {}", text(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "invalid policy exits 1: {}",
+        text(&o)
+    );
     let msg = text(&o);
-    assert!(msg.contains(":4:") && msg.contains("rules[0].protocol"), "error names line and key: {msg}");
-    assert_eq!(live_table(&lab), before, "live table changed after a rejected policy");
+    assert!(
+        msg.contains(":5:42: rules[0].protocol: expected one of tcp, udp"),
+        "error names line:col and key: {msg}"
+    );
+    assert_eq!(
+        live_table(&lab),
+        before,
+        "live table changed after a rejected policy"
+    );
     lab.down().unwrap();
 }
 
@@ -333,8 +459,14 @@ fn remove_leaves_foreign_tables() {
     assert!(o.status.success(), "{}", text(&o));
     let tables = fw.exec("nft", &["list", "tables"]).unwrap();
     let tables = String::from_utf8_lossy(&tables.stdout);
-    assert!(tables.contains("table inet foreign"), "foreign table removed: {tables}");
-    assert!(!tables.contains("table inet ward"), "ward table still there: {tables}");
+    assert!(
+        tables.contains("table inet foreign"),
+        "foreign table removed: {tables}"
+    );
+    assert!(
+        !tables.contains("table inet ward"),
+        "ward table still there: {tables}"
+    );
     // Removing again is not an error.
     let o = ward(&["remove", "--netns", fw.name()]);
     assert!(o.status.success(), "{}", text(&o));
@@ -356,11 +488,18 @@ fn plan_and_status() {
     let fa = PolicyFile::new(&a);
     let fb = PolicyFile::new(&b);
     let same = ward(&["plan", fa.path(), "--netns", fw.name()]);
-    assert!(same.status.success() && text(&same).contains("no changes"), "{}", text(&same));
+    assert!(
+        same.status.success() && text(&same).contains("no changes"),
+        "{}",
+        text(&same)
+    );
     let diff = ward(&["plan", fb.path(), "--netns", fw.name()]);
     let d = text(&diff);
     assert!(diff.status.success(), "{d}");
-    assert!(d.contains("-\t\ttcp dport 80 counter") && d.contains("+\t\ttcp dport 8080 counter"), "plan shows the change:\n{d}");
+    assert!(
+        d.contains("-\t\ttcp dport 80 counter") && d.contains("+\t\ttcp dport 8080 counter"),
+        "plan shows the change:\n{d}"
+    );
     let o = ward(&["status", "--json", "--netns", fw.name()]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["overall"], "healthy");

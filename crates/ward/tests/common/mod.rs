@@ -19,7 +19,9 @@ pub const TIMEOUT: Duration = Duration::from_millis(700);
 pub const GATEWAY: &str = "interfaces:\n  lan: [lan0]\n  wan: [wan0]\n";
 
 pub fn lab() -> Lab {
-    Lab::up(LabSpec::unique("wt")).unwrap_or_else(|e| panic!("cannot build the namespace lab (tests need root, netns, veth): {e}"))
+    Lab::up(LabSpec::unique("wt")).unwrap_or_else(|e| {
+        panic!("cannot build the namespace lab (tests need root, netns, veth): {e}")
+    })
 }
 
 /// A policy file that removes itself when dropped.
@@ -28,7 +30,11 @@ pub struct PolicyFile(pub PathBuf);
 impl PolicyFile {
     pub fn new(yaml: &str) -> PolicyFile {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!("ward-test-{}-{}.yaml", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        let p = std::env::temp_dir().join(format!(
+            "ward-test-{}-{}.yaml",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
         std::fs::write(&p, yaml).expect("write policy");
         PolicyFile(p)
     }
@@ -44,44 +50,82 @@ impl Drop for PolicyFile {
 }
 
 pub fn ward(args: &[&str]) -> Output {
-    std::process::Command::new(WARD).args(args).output().expect("run ward")
+    std::process::Command::new(WARD)
+        .args(args)
+        .output()
+        .expect("run ward")
 }
 
 pub fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// `ward apply` in the lab's firewall; panics with ward's output when it fails.
 pub fn apply(lab: &Lab, yaml: &str) {
     let f = PolicyFile::new(yaml);
     let o = ward(&["apply", f.path(), "--netns", lab.fw().name()]);
-    assert!(o.status.success(), "ward apply failed:\n{}\npolicy:\n{yaml}", text(&o));
+    assert!(
+        o.status.success(),
+        "ward apply failed:\n{}\npolicy:\n{yaml}",
+        text(&o)
+    );
 }
 
 /// The live table as nft lists it, counters included: what "byte-identical" compares.
 pub fn live_table(lab: &Lab) -> String {
-    let o = lab.fw().exec("nft", &["list", "table", "inet", "ward"]).expect("nft list");
+    let o = lab
+        .fw()
+        .exec("nft", &["list", "table", "inet", "ward"])
+        .expect("nft list");
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-pub fn tcp(lab: &Lab, from: &testlab::Netns, server_ns: &testlab::Netns, dst: IpAddr, port: u16) -> Probe {
-    let _srv = server_ns.tcp_server(SocketAddr::new(dst, port)).expect("tcp server");
-    from.tcp_probe(SocketAddr::new(dst, port), TIMEOUT).expect("tcp probe")
+pub fn tcp(
+    lab: &Lab,
+    from: &testlab::Netns,
+    server_ns: &testlab::Netns,
+    dst: IpAddr,
+    port: u16,
+) -> Probe {
+    let _srv = server_ns
+        .tcp_server(SocketAddr::new(dst, port))
+        .expect("tcp server");
+    from.tcp_probe(SocketAddr::new(dst, port), TIMEOUT)
+        .expect("tcp probe")
 }
 
 /// LAN host → WAN host, TCP.
 pub fn lan_to_wan(lab: &Lab, port: u16) -> Probe {
-    tcp(lab, &lab.lan(), &lab.wan(), IpAddr::V4(addr::WAN_HOST), port)
+    tcp(
+        lab,
+        &lab.lan(),
+        &lab.wan(),
+        IpAddr::V4(addr::WAN_HOST),
+        port,
+    )
 }
 
 /// WAN host → LAN host, TCP (no NAT involved).
 pub fn wan_to_lan(lab: &Lab, port: u16) -> Probe {
-    tcp(lab, &lab.wan(), &lab.lan(), IpAddr::V4(addr::LAN_HOST), port)
+    tcp(
+        lab,
+        &lab.wan(),
+        &lab.lan(),
+        IpAddr::V4(addr::LAN_HOST),
+        port,
+    )
 }
 
 pub fn udp(from: &testlab::Netns, server_ns: &testlab::Netns, dst: IpAddr, port: u16) -> Probe {
-    let _srv = server_ns.udp_echo(SocketAddr::new(dst, port)).expect("udp server");
-    from.udp_probe(SocketAddr::new(dst, port), TIMEOUT).expect("udp probe")
+    let _srv = server_ns
+        .udp_echo(SocketAddr::new(dst, port))
+        .expect("udp server");
+    from.udp_probe(SocketAddr::new(dst, port), TIMEOUT)
+        .expect("udp probe")
 }
 
 #[track_caller]

@@ -1,0 +1,66 @@
+//! Golden files: every example policy compiled and rendered in nft's language, so a change
+//! in the compiler shows up as a reviewable diff. `WARD_BLESS=1 cargo test -p nft` rewrites them.
+
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn examples() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("examples"))
+        .expect("examples/")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    v.sort();
+    assert!(v.len() >= 5, "expected the example policies, found {v:?}");
+    v
+}
+
+pub fn compile_example(path: &Path) -> nft::Compiled {
+    let (checked, _) = policy::load(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let opts = nft::Options {
+        comment: Some("ward sha256=golden".into()),
+        ..nft::Options::default()
+    };
+    nft::compile(&checked.policy, &opts)
+}
+
+fn check(path: &Path, rendered: &str) {
+    if std::env::var_os("WARD_BLESS").is_some() {
+        std::fs::write(path, rendered).expect("write golden");
+        return;
+    }
+    let want = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with WARD_BLESS=1 to create it)",
+            path.display()
+        )
+    });
+    assert!(
+        want == rendered,
+        "{} differs from the compiler's output (WARD_BLESS=1 to accept):\n{}",
+        path.display(),
+        similar::TextDiff::from_lines(want.as_str(), rendered)
+            .unified_diff()
+            .header("golden", "now")
+    );
+}
+
+#[test]
+fn examples_match_golden_files() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    for ex in examples() {
+        let name = ex.file_stem().and_then(|s| s.to_str()).expect("file name");
+        let compiled = compile_example(&ex);
+        check(
+            &dir.join(format!("{name}.nft")),
+            &nft::render::to_nft(&compiled),
+        );
+        if name == "lab" {
+            let json = serde_json::to_string_pretty(&compiled.replace_batch()).expect("json");
+            check(&dir.join("lab.json"), &format!("{json}\n"));
+        }
+    }
+}
