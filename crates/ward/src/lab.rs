@@ -381,8 +381,8 @@ pub fn demo(names: &LabNames, table: &str) -> Result {
     }
     down?;
     println!(
-        "{:<36} {:<9} {:<40} {}",
-        "probe", "expected", "observed", "deciding rule"
+        "{:<36} {:<9} {:<40} deciding rule",
+        "probe", "expected", "observed"
     );
     for r in &rows {
         println!(

@@ -84,13 +84,7 @@ pub fn live_table(lab: &Lab) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-pub fn tcp(
-    lab: &Lab,
-    from: &testlab::Netns,
-    server_ns: &testlab::Netns,
-    dst: IpAddr,
-    port: u16,
-) -> Probe {
+pub fn tcp(from: &testlab::Netns, server_ns: &testlab::Netns, dst: IpAddr, port: u16) -> Probe {
     let _srv = server_ns
         .tcp_server(SocketAddr::new(dst, port))
         .expect("tcp server");
@@ -100,24 +94,12 @@ pub fn tcp(
 
 /// LAN host → WAN host, TCP.
 pub fn lan_to_wan(lab: &Lab, port: u16) -> Probe {
-    tcp(
-        lab,
-        &lab.lan(),
-        &lab.wan(),
-        IpAddr::V4(addr::WAN_HOST),
-        port,
-    )
+    tcp(&lab.lan(), &lab.wan(), IpAddr::V4(addr::WAN_HOST), port)
 }
 
 /// WAN host → LAN host, TCP (no NAT involved).
 pub fn wan_to_lan(lab: &Lab, port: u16) -> Probe {
-    tcp(
-        lab,
-        &lab.wan(),
-        &lab.lan(),
-        IpAddr::V4(addr::LAN_HOST),
-        port,
-    )
+    tcp(&lab.wan(), &lab.lan(), IpAddr::V4(addr::LAN_HOST), port)
 }
 
 pub fn udp(from: &testlab::Netns, server_ns: &testlab::Netns, dst: IpAddr, port: u16) -> Probe {
