@@ -505,3 +505,80 @@ fn plan_and_status() {
     assert!(v["applied_at"].as_str().unwrap().ends_with('Z'), "{v}");
     lab.down().unwrap();
 }
+
+/// Random same-shape rules with overlapping port ranges and mixed actions: the kernel's
+/// verdict on every port must be the one `explain` (first match, top to bottom) gives, however
+/// the compiler folded the rules into maps.
+#[test]
+fn folded_policy_agrees_with_explain() {
+    let mut seed: u64 = 0x5eed_0000_0001;
+    let mut next = |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let mut rules = String::from("rules:\n");
+    for i in 0..80 {
+        let lo = 6000 + next(40) as u16;
+        let hi = lo + next(3) as u16;
+        let port = if lo == hi {
+            lo.to_string()
+        } else {
+            format!("\"{lo}-{hi}\"")
+        };
+        let action = if next(3) == 0 { "deny" } else { "accept" };
+        let source = match next(3) {
+            0 => "192.168.50.0/24",
+            1 => "192.168.50.10",
+            _ => "10.9.0.0/16",
+        };
+        rules.push_str(&format!(
+            "  - {{id: r{i}, direction: egress, source: {source}, protocol: tcp, destination_port: {port}, action: {action}}}\n"
+        ));
+    }
+    let yaml = format!("{GATEWAY}{rules}");
+    let checked = policy::parse_str(&yaml, "random.yaml").expect("valid random policy");
+    let lab = lab();
+    apply(&lab, &yaml);
+    assert!(
+        live_table(&lab).contains("vmap"),
+        "the random policy should fold into maps"
+    );
+    let ports: Vec<u16> = (6000..6045).collect();
+    let results: Vec<(u16, bool)> = std::thread::scope(|s| {
+        let handles: Vec<_> = ports
+            .iter()
+            .map(|&p| {
+                let lab = &lab;
+                s.spawn(move || (p, lan_to_wan(lab, p).ok()))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (port, passed) in results {
+        let v = policy::explain(
+            &checked.policy,
+            &policy::Probe {
+                src: IpAddr::V4(addr::LAN_HOST),
+                dst: policy::Target::Ip(wan_ip()),
+                proto: policy::Protocol::Tcp,
+                dport: Some(port),
+                direction: policy::Direction::Egress,
+                in_interface: None,
+                out_interface: None,
+                established: false,
+            },
+        )
+        .verdict;
+        assert_eq!(
+            passed,
+            v.action == policy::Action::Accept,
+            "port {port}: kernel {} but explain says {:?} by {}",
+            if passed { "passed" } else { "blocked" },
+            v.action,
+            v.rule_id
+        );
+    }
+    lab.down().unwrap();
+}
