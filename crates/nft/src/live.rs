@@ -115,11 +115,12 @@ pub fn is_rule_counter(key: &str) -> bool {
         && !key.starts_with("dnat-")
 }
 
-/// Replaces ward's table with `compiled` in one transaction, after the kernel has checked it.
+/// Replaces ward's table with `compiled` in one transaction. The kernel validates the whole
+/// batch before it commits any of it, so a rejected batch leaves the live table untouched; a
+/// separate dry run first would parse and validate everything twice for nothing.
 pub fn replace(session: &Session, compiled: &Compiled) -> Result<(), NftError> {
     let json = serde_json::to_string(&compiled.replace_batch())
         .map_err(|e| NftError::Rejected(e.to_string()))?;
-    session.check_json(&json)?;
     session.apply_json(&json)
 }
 

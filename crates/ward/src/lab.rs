@@ -14,16 +14,16 @@ const LAB_POLICY: &str = include_str!("../../../examples/lab.yaml");
 #[derive(clap::Args)]
 pub struct LabNames {
     /// Name of the LAN host's namespace
-    #[arg(long, default_value = "lan")]
+    #[arg(long, global = true, default_value = "lan")]
     lan: String,
     /// Name of the firewall's namespace
-    #[arg(long, default_value = "fw")]
+    #[arg(long, global = true, default_value = "fw")]
     fw: String,
     /// Name of the WAN host's namespace
-    #[arg(long, default_value = "wan")]
+    #[arg(long, global = true, default_value = "wan")]
     wan: String,
     /// Policy to apply in the firewall (default: the bundled examples/lab.yaml)
-    #[arg(long)]
+    #[arg(long, global = true)]
     policy: Option<PathBuf>,
 }
 

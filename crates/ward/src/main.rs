@@ -5,6 +5,7 @@ mod commands;
 mod lab;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use nix::sys::signal::{signal, SigHandler, Signal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -90,6 +91,9 @@ enum OutputFormat {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`ward status | head`), as command-line tools do.
+    // SAFETY: restoring the default disposition installs no handler code.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     let cli = Cli::parse();
     let t = &cli.table;
     let result = match cli.cmd {
