@@ -918,48 +918,59 @@ impl<'f> Validator<'f> {
     }
 
     fn fqdns(&mut self, o: &Obj<'_>, path: &str) -> Vec<FqdnPattern> {
-        let Some(node) = o.get("destination_fqdn") else {
-            return Vec::new();
-        };
-        let kpath = join(path, "destination_fqdn");
-        let Some(list) = self.check(node, &kpath, items(node, "a name pattern")) else {
-            return Vec::new();
-        };
-        if list.is_empty() {
-            self.err(
-                node.span,
-                &kpath,
-                "an empty list matches nothing; omit 'destination_fqdn' instead",
-            );
-        }
-        let mut out = Vec::with_capacity(list.len());
-        for (i, item) in list {
-            let r = scalar(item, "a name pattern").and_then(FqdnPattern::parse);
-            if let Some(p) = self.check(item, &item_path(&kpath, i), r) {
-                out.push(p);
-            }
-        }
-        out
+        self.scalar_list(
+            o,
+            path,
+            "destination_fqdn",
+            "a name pattern",
+            "",
+            FqdnPattern::parse,
+        )
     }
 
     fn ports(&mut self, o: &Obj<'_>, path: &str) -> Vec<PortRange> {
-        let Some(node) = o.get("destination_port") else {
+        self.scalar_list(
+            o,
+            path,
+            "destination_port",
+            "a port or lo-hi range",
+            " to match any port",
+            PortRange::parse,
+        )
+    }
+
+    /// A key holding one scalar or a list of them, each parsed by `parse`; an empty list is an
+    /// error because it would match nothing.
+    fn scalar_list<T>(
+        &mut self,
+        o: &Obj<'_>,
+        path: &str,
+        key: &str,
+        what: &str,
+        omit_hint: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Vec<T> {
+        let Some(node) = o.get(key) else {
             return Vec::new();
         };
-        let kpath = join(path, "destination_port");
-        let Some(list) = self.check(node, &kpath, items(node, "a port or lo-hi range")) else {
+        let kpath = join(path, key);
+        let Some(list) = self.check(node, &kpath, items(node, what)) else {
             return Vec::new();
         };
         if list.is_empty() {
-            self.err(
-                node.span,
-                &kpath,
-                "an empty list matches nothing; omit 'destination_port' to match any port",
+            let msg = format!(
+                "an empty list matches nothing; omit '{key}'{}",
+                if omit_hint.is_empty() {
+                    " instead"
+                } else {
+                    omit_hint
+                }
             );
+            self.err(node.span, &kpath, &msg);
         }
         let mut out = Vec::with_capacity(list.len());
         for (i, item) in list {
-            let r = scalar(item, "a port or lo-hi range").and_then(PortRange::parse);
+            let r = scalar(item, what).and_then(&parse);
             if let Some(p) = self.check(item, &item_path(&kpath, i), r) {
                 out.push(p);
             }
