@@ -199,7 +199,6 @@ pub enum Stmt {
     Masquerade(Option<Null>),
     Snat(Nat),
     Dnat(Nat),
-    Redirect(Nat),
     #[serde(untagged)]
     Verdict(Verdict),
 }

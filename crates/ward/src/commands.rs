@@ -39,7 +39,16 @@ pub struct Loaded {
 }
 
 pub fn load(file: &Path) -> Result<Loaded> {
-    match policy::load(file) {
+    loaded(policy::load(file), &file.display().to_string())
+}
+
+/// Prints the warnings of a checked policy and hashes its text, or turns its errors into the
+/// message for the user; `name` is how the policy is named in that message.
+pub fn loaded(
+    result: std::result::Result<(policy::Checked, String), policy::PolicyErrors>,
+    name: &str,
+) -> Result<Loaded> {
+    match result {
         Ok((checked, text)) => {
             for w in &checked.warnings {
                 eprintln!("warning: {w}");
@@ -53,8 +62,7 @@ pub fn load(file: &Path) -> Result<Loaded> {
             let n = errs.0.len();
             let mut msg: String = errs.0.iter().map(|d| format!("error: {d}\n")).collect();
             msg.push_str(&format!(
-                "{} is invalid ({n} error{}); nothing was changed.",
-                file.display(),
+                "{name} is invalid ({n} error{}); nothing was changed.",
                 if n == 1 { "" } else { "s" }
             ));
             Err(Failure(msg))

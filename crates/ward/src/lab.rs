@@ -40,20 +40,14 @@ fn lab_err(e: testlab::LabError) -> Failure {
 /// Brings the lab up and applies the policy; on failure nothing is left behind.
 fn bring_up(names: &LabNames, table: &str) -> Result<(Lab, policy::Policy)> {
     let lab = Lab::up(names.spec()).map_err(lab_err)?;
-    let file = match &names.policy {
-        Some(p) => p.clone(),
+    let loaded = match &names.policy {
+        Some(p) => commands::load(p)?,
         None => {
-            let p = std::env::temp_dir().join(format!("ward-lab-{}.yaml", std::process::id()));
-            std::fs::write(&p, LAB_POLICY)
-                .map_err(|e| Failure(format!("error: writing {}: {e}", p.display())))?;
-            p
+            let name = "examples/lab.yaml";
+            let parsed = policy::parse_str(LAB_POLICY, name).map(|c| (c, LAB_POLICY.to_string()));
+            commands::loaded(parsed, name)?
         }
     };
-    let loaded = commands::load(&file);
-    if names.policy.is_none() {
-        let _ = std::fs::remove_file(&file);
-    }
-    let loaded = loaded?;
     let fw = lab.fw().name().to_string();
     let table = table.to_string();
     let policy = loaded.checked.policy.clone();
