@@ -12,7 +12,7 @@ use policy::{
     Action, Direction, Nat as NatPolicy, Policy, PortRange, Protocol, Rule as PolicyRule, SnatTo,
     Topology,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 pub const FAMILY: &str = "inet";
@@ -1038,11 +1038,11 @@ struct Run<'r> {
     atoms: Vec<Atom<'r>>,
     elems: Vec<Vec<Val>>,
     pivot: Option<usize>,
-    /// Address pivot: elements by exact prefix, the prefix lengths present, and every strict
-    /// ancestor of a present prefix (to see at once that a new prefix contains an old one).
-    by_net: HashMap<IpNet, Vec<usize>>,
+    /// Address pivot: elements by (network address, prefix length), and the prefix lengths
+    /// present. A prefix that contains a new one is found by one lookup per present length;
+    /// prefixes a new one contains are the entries whose network address lies inside it.
+    by_net: BTreeMap<(IpAddr, u8), Vec<usize>>,
     net_lens: BTreeSet<u8>,
-    net_ancestors: HashSet<IpNet>,
     /// Port pivot: elements by range start, and the widest range seen.
     by_port: BTreeMap<u16, Vec<usize>>,
     widest_port: u16,
@@ -1060,9 +1060,8 @@ impl<'r> Run<'r> {
             atoms: Vec::new(),
             elems: Vec::new(),
             pivot,
-            by_net: HashMap::new(),
+            by_net: BTreeMap::new(),
             net_lens: BTreeSet::new(),
-            net_ancestors: HashSet::new(),
             by_port: BTreeMap::new(),
             widest_port: 0,
         }
@@ -1085,14 +1084,20 @@ impl<'r> Run<'r> {
         let mut out = Vec::new();
         match self.pivot.map(|p| &key[p]) {
             Some(Val::Net(n)) => {
-                if self.net_ancestors.contains(n) {
-                    return None;
-                }
-                for &len in self.net_lens.range(..=n.prefix_len()) {
+                for &len in self.net_lens.range(..n.prefix_len()) {
                     if let Ok(anc) = IpNet::new(n.network(), len) {
-                        if let Some(v) = self.by_net.get(&anc.trunc()) {
+                        if let Some(v) = self.by_net.get(&(anc.network(), len)) {
                             out.extend_from_slice(v);
                         }
+                    }
+                }
+                for (_, v) in self
+                    .by_net
+                    .range((n.network(), 0)..=(n.broadcast(), u8::MAX))
+                {
+                    out.extend_from_slice(v);
+                    if out.len() > OVERLAP_CHECK_BUDGET {
+                        return None;
                     }
                 }
             }
@@ -1128,15 +1133,11 @@ impl<'r> Run<'r> {
         let i = self.elems.len();
         match self.pivot.map(|p| &key[p]) {
             Some(Val::Net(n)) => {
-                self.by_net.entry(*n).or_default().push(i);
+                self.by_net
+                    .entry((n.network(), n.prefix_len()))
+                    .or_default()
+                    .push(i);
                 self.net_lens.insert(n.prefix_len());
-                let mut cur = *n;
-                while let Some(sup) = cur.supernet() {
-                    if !self.net_ancestors.insert(sup) {
-                        break;
-                    }
-                    cur = sup;
-                }
             }
             Some(Val::Port(p)) => {
                 self.by_port.entry(p.lo).or_default().push(i);

@@ -119,9 +119,7 @@ pub fn is_rule_counter(key: &str) -> bool {
 /// batch before it commits any of it, so a rejected batch leaves the live table untouched; a
 /// separate dry run first would parse and validate everything twice for nothing.
 pub fn replace(session: &Session, compiled: &Compiled) -> Result<(), NftError> {
-    let json = serde_json::to_string(&compiled.replace_batch())
-        .map_err(|e| NftError::Rejected(e.to_string()))?;
-    session.apply_json(&json)
+    session.apply_text(&crate::render::replace_script(compiled))
 }
 
 /// Deletes ward's table and nothing else; `Ok(false)` when it was not there.
@@ -137,8 +135,7 @@ pub fn remove(session: &Session, table: &str) -> Result<bool, NftError> {
 /// loaded into a private, empty network namespace that vanishes with its thread, so the
 /// listing has exactly the kernel's normal form and nothing live is touched.
 pub fn render_in_scratch(compiled: &Compiled) -> Result<String, NftError> {
-    let json = serde_json::to_string(&compiled.replace_batch())
-        .map_err(|e| NftError::Rejected(e.to_string()))?;
+    let script = crate::render::replace_script(compiled);
     let table = compiled.table.name.clone();
     std::thread::spawn(move || -> Result<String, NftError> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
@@ -147,7 +144,7 @@ pub fn render_in_scratch(compiled: &Compiled) -> Result<String, NftError> {
             ))
         })?;
         let s = Session::open()?;
-        s.apply_json(&json)?;
+        s.apply_text(&script)?;
         Ok(s.list_table(&table, Format::TextStateless)?
             .unwrap_or_default())
     })

@@ -3,7 +3,7 @@
 
 use crate::model::{Direction, PortRange, Protocol, Rule, State};
 use ipnet::IpNet;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 /// Cover checks allowed in total. Policies where every rule looks alike on every indexed
 /// field (say 100k rules differing only in interface) would otherwise be quadratic; past the
@@ -201,12 +201,12 @@ impl Shape {
         Shape {
             key,
             all: Vec::new(),
-            src: HashMap::new(),
+            src: HashMap::default(),
             src_lens: PrefixLens::default(),
-            dst: HashMap::new(),
+            dst: HashMap::default(),
             dst_lens: PrefixLens::default(),
-            fqdn: HashMap::new(),
-            port_single: HashMap::new(),
+            fqdn: HashMap::default(),
+            port_single: HashMap::default(),
             port_wide: Vec::new(),
         }
     }
@@ -292,7 +292,7 @@ fn total(lists: &[&[u32]]) -> usize {
 pub(crate) fn find_shadowed(rules: &[Rule]) -> ShadowReport {
     let mut report = ShadowReport::default();
     let mut shapes: Vec<Shape> = Vec::new();
-    let mut shape_of: HashMap<ShapeKey, usize> = HashMap::new();
+    let mut shape_of: HashMap<ShapeKey, usize> = HashMap::default();
     let mut comparisons: u64 = 0;
     for (jdx, j) in rules.iter().enumerate() {
         let Ok(j32) = u32::try_from(jdx) else { break };

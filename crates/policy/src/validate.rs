@@ -5,7 +5,7 @@ use crate::diag::Diagnostic;
 use crate::model::*;
 use crate::parse::{Entry, Kind, Node};
 use ipnet::IpNet;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 /// Most rules a policy may have (SPEC §2).
@@ -332,6 +332,12 @@ fn check_ifname(text: &str) -> Result<(), String> {
     {
         return Err(format!(
             "interface name {text:?} contains {c:?}, which Linux does not allow"
+        ));
+    }
+    // Linux allows '"', but nft's language has no way to write it inside a quoted name.
+    if text.contains('"') {
+        return Err(format!(
+            "interface name {text:?} contains '\"', which nftables cannot match"
         ));
     }
     Ok(())
@@ -766,7 +772,8 @@ impl<'f> Validator<'f> {
         }
         let mut out = Vec::with_capacity(list.len());
         // id → line of its first definition, for the duplicate message.
-        let mut ids: HashMap<&str, u32> = HashMap::with_capacity(list.len());
+        let mut ids: HashMap<&str, u32> =
+            HashMap::with_capacity_and_hasher(list.len(), Default::default());
         for (i, item) in list.iter().enumerate() {
             if let Some(rule) = self.rule(item, i, &mut ids) {
                 out.push(rule);

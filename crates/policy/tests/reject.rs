@@ -691,6 +691,13 @@ fn interface_rules() {
         "contains '/'",
     );
     only_err(
+        "interfaces:\n  lan: eth1\n  wan: 'e\"th0'\n",
+        3,
+        8,
+        "interfaces.wan",
+        "contains '\"', which nftables cannot match",
+    );
+    only_err(
         "interfaces:\n  lan: \"eth 1\"\n  wan: eth0\n",
         2,
         8,

@@ -155,12 +155,8 @@ pub fn apply(file: &Path, table: &str, netns: Option<&str>) -> Result {
     let s = session(netns)?;
     let comment = table_comment(&l.sha256, Some(std::time::SystemTime::now()));
     let compiled = nft::compile(&l.checked.policy, &options(table, Some(comment)));
-    live::replace(&s, &compiled).map_err(|e| {
-        Failure(format!(
-            "error: {e}\napply failed; the live table was not changed."
-        ))
-    })?;
-    println!(
+    let script = nft::render::replace_script(&compiled);
+    let summary = format!(
         "applied {} (sha256 {}): {} rules as {} maps and {} linear rules",
         file.display(),
         &l.sha256[..12],
@@ -168,6 +164,17 @@ pub fn apply(file: &Path, table: &str, netns: Option<&str>) -> Result {
         compiled.stats.maps,
         compiled.stats.linear_rules
     );
+    // Only the script is needed from here on: free the policy and the compiled table, and
+    // return their pages to the system, before libnftables builds its own copy of the table.
+    drop(compiled);
+    drop(l);
+    crate::release_freed_memory();
+    s.apply_text(&script).map_err(|e| {
+        Failure(format!(
+            "error: {e}\napply failed; the live table was not changed."
+        ))
+    })?;
+    println!("{summary}");
     Ok(())
 }
 
