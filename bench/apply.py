@@ -24,6 +24,9 @@ import common  # noqa: E402
 from common import WARD, measure, median, ns_add, ns_del  # noqa: E402
 
 SIZES = [100, 1000, 10000, 100000]
+# Deleting a namespace frees its ruleset in kernel worker threads after `ip netns delete`
+# returns; give that time to finish so it does not land in the next measurement.
+SETTLE_S = 0.5
 
 
 def reps_for(n):
@@ -53,6 +56,7 @@ def run_ward(policy_file, sha256, n, tag):
         return wall, rss, out.strip().splitlines()[-1] if out.strip() else ""
     finally:
         ns_del(ns)
+        time.sleep(SETTLE_S)
 
 
 def run_naive(nft_file, n, tag):
@@ -68,6 +72,7 @@ def run_naive(nft_file, n, tag):
         return wall, rss
     finally:
         ns_del(ns)
+        time.sleep(SETTLE_S)
 
 
 def main():
