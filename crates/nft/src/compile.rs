@@ -13,7 +13,7 @@ use policy::{
     Topology,
 };
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 pub const FAMILY: &str = "inet";
 
@@ -28,6 +28,19 @@ pub struct Options {
     pub log_rate: u32,
     /// What to record with the table (policy hash, time applied); see `info_chain`.
     pub comment: Option<String>,
+    /// The DNS proxy the table must let through, when the policy runs one.
+    pub dns: Option<DnsProxy>,
+}
+
+/// Where ward's DNS proxy listens and what it asks, already resolved by the caller (the
+/// compiler never looks at the running system). The table admits LAN-side clients to `listen`
+/// and the proxy to `upstreams` without any user rule, and with `intercept` sends LAN-side
+/// port-53 traffic for any address to the proxy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsProxy {
+    pub listen: Vec<SocketAddr>,
+    pub upstreams: Vec<SocketAddr>,
+    pub intercept: bool,
 }
 
 impl Default for Options {
@@ -37,6 +50,7 @@ impl Default for Options {
             log_group: 100,
             log_rate: 20,
             comment: None,
+            dns: None,
         }
     }
 }
@@ -46,6 +60,10 @@ pub const DEFAULT_DENY: &str = "default-deny";
 pub const DEFAULT_ACCEPT: &str = "default-accept";
 /// The regular chain whose one rule's comment records the policy hash and apply time.
 pub const INFO_CHAIN: &str = "info";
+/// Counters of the rules ward adds for its DNS proxy: clients in, the proxy out, intercepted.
+pub const DNS_PROXY: &str = "ward-dns-proxy";
+pub const DNS_UPSTREAM: &str = "ward-dns-upstream";
+pub const DNS_INTERCEPT: &str = "ward-dns-intercept";
 
 /// The compiled table, and how the rules were laid out.
 #[derive(Clone, Debug)]
@@ -112,7 +130,7 @@ pub fn compile(policy: &Policy, opts: &Options) -> Compiled {
     c.fqdn_sets(policy);
     c.log_chains(policy);
     c.filter_chains(policy);
-    c.nat_chains(&policy.nat);
+    c.nat_chains(&policy.nat, &policy.topology());
     c.info_chain();
     Compiled {
         table: Table {
@@ -248,6 +266,7 @@ impl Compiler<'_> {
         if d.icmp_essentials {
             input.extend(self.icmp_essentials("input"));
         }
+        input.extend(self.dns_clients(&policy.topology()));
         input.extend(self.rules("input", &by_dir(&[Some(Direction::Input)])));
         input.extend(self.default_rules("input", d.input_action));
         self.push_base("input", "input", input);
@@ -312,6 +331,7 @@ impl Compiler<'_> {
                 None,
             ));
         }
+        output.extend(self.dns_upstreams());
         output.extend(self.rules("output", &by_dir(&[Some(Direction::Output)])));
         output.extend(self.default_rules("output", d.output_action));
         self.push_base("output", "output", output);
@@ -584,8 +604,93 @@ impl Compiler<'_> {
         self.rule(chain, expr, Some(&atom.rule.id))
     }
 
-    fn nat_chains(&mut self, nat: &NatPolicy) {
-        if !nat.dnat.is_empty() {
+    /// Clients on the LAN side may query the proxy (UDP and TCP), whatever the user rules say.
+    fn dns_clients(&self, topo: &Topology) -> Vec<Rule> {
+        let Some(dns) = &self.opts.dns else {
+            return Vec::new();
+        };
+        let lan_side = lan_side_input(topo);
+        dns.listen
+            .iter()
+            .map(|l| {
+                let fam = fam_of(l.ip());
+                let mut e = lan_side.clone();
+                if l.ip().is_unspecified() {
+                    // A wildcard listener serves every local address of its family.
+                    e.push(matches(meta("nfproto"), s(fam.nfproto())));
+                } else {
+                    e.push(matches(Dim::Daddr.key_expr(fam), s(l.ip().to_string())));
+                }
+                e.push(matches(meta("l4proto"), set(strs(&["tcp", "udp"]))));
+                e.push(matches(payload("th", "dport"), num(l.port().into())));
+                e.push(counter());
+                e.push(verdict(Verdict::accept()));
+                self.rule("input", e, Some(DNS_PROXY))
+            })
+            .collect()
+    }
+
+    /// The proxy may reach its upstream resolvers even under `output_action: deny`.
+    fn dns_upstreams(&self) -> Vec<Rule> {
+        let Some(dns) = &self.opts.dns else {
+            return Vec::new();
+        };
+        dns.upstreams
+            .iter()
+            .map(|u| {
+                let fam = fam_of(u.ip());
+                let e = vec![
+                    matches(Dim::Daddr.key_expr(fam), s(u.ip().to_string())),
+                    matches(meta("l4proto"), set(strs(&["tcp", "udp"]))),
+                    matches(payload("th", "dport"), num(u.port().into())),
+                    counter(),
+                    verdict(Verdict::accept()),
+                ];
+                self.rule("output", e, Some(DNS_UPSTREAM))
+            })
+            .collect()
+    }
+
+    /// With `intercept`, LAN-side port-53 traffic to any address goes to the proxy: per
+    /// family, to the first listen address of that family (none: that family is left alone).
+    fn dns_intercept(&self, topo: &Topology) -> Vec<Rule> {
+        let Some(dns) = self.opts.dns.as_ref().filter(|d| d.intercept) else {
+            return Vec::new();
+        };
+        let lan_side = lan_side_input(topo);
+        [Fam::V4, Fam::V6]
+            .into_iter()
+            .filter_map(|fam| dns.listen.iter().find(|l| fam_of(l.ip()) == fam))
+            .map(|l| {
+                let fam = fam_of(l.ip());
+                let mut e = lan_side.clone();
+                e.push(matches(meta("nfproto"), s(fam.nfproto())));
+                e.push(matches(meta("l4proto"), set(strs(&["tcp", "udp"]))));
+                e.push(matches(payload("th", "dport"), num(53)));
+                e.push(counter());
+                e.push(if l.ip().is_unspecified() {
+                    // A wildcard listener is reached on the address the query came in to.
+                    Stmt::Redirect(Nat {
+                        addr: None,
+                        family: None,
+                        port: Some(num(l.port().into())),
+                    })
+                } else {
+                    Stmt::Dnat(Nat {
+                        addr: Some(s(l.ip().to_string())),
+                        family: Some(fam.nat_family()),
+                        port: Some(num(l.port().into())),
+                    })
+                });
+                self.rule("dstnat", e, Some(DNS_INTERCEPT))
+            })
+            .collect()
+    }
+
+    fn nat_chains(&mut self, nat: &NatPolicy, topo: &Topology) {
+        let intercept = self.dns_intercept(topo);
+        if !nat.dnat.is_empty() || !intercept.is_empty() {
+            // Port-forwards first: a forward of WAN port 53 is not a LAN query.
             let mut rules = Vec::new();
             for (i, d) in nat.dnat.iter().enumerate() {
                 let fam = fam_of(d.wan_ip);
@@ -606,6 +711,7 @@ impl Compiler<'_> {
                 }));
                 rules.push(self.rule("dstnat", expr, Some(&format!("dnat-{i}"))));
             }
+            rules.extend(intercept);
             let base = BaseChain {
                 kind: "nat",
                 hook: "prerouting",
@@ -716,6 +822,17 @@ fn side_matches(topo: &Topology) -> (Vec<Stmt>, Vec<Stmt>) {
     }
 }
 
+/// What marks a packet as coming from the LAN side, for traffic to the firewall itself.
+/// Without interfaces or SNAT there are no sides: any interface.
+fn lan_side_input(topo: &Topology) -> Vec<Stmt> {
+    let names = |v: &[String]| one_or_set(v.iter().map(s));
+    match topo {
+        Topology::Gateway { lan, .. } => vec![matches(meta("iifname"), names(lan))],
+        Topology::SnatWan { wan } => vec![not_matches(meta("iifname"), names(wan))],
+        Topology::Host => Vec::new(),
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Fam {
     Any,
@@ -728,6 +845,13 @@ impl Fam {
         match self {
             Fam::V6 => "ip6",
             _ => "ip",
+        }
+    }
+
+    fn nfproto(self) -> &'static str {
+        match self {
+            Fam::V6 => "ipv6",
+            _ => "ipv4",
         }
     }
 }

@@ -2,11 +2,12 @@
 //! reads back and removes it through libnftables, in-process. Not for: parsing policy files.
 
 pub mod compile;
+pub mod dnsplan;
 pub mod live;
 pub mod netns;
 pub mod render;
 pub mod schema;
 pub mod session;
 
-pub use compile::{compile, Compiled, Options, Stats};
+pub use compile::{compile, Compiled, DnsProxy, Options, Stats};
 pub use session::{Format, NftError, Session};

@@ -1,7 +1,9 @@
 //! What is installed right now: reading ward's table back (policy hash, time applied, per-rule
 //! counters), replacing it whole, removing it, and the plan (diff) between it and a policy.
 
-use crate::compile::{Compiled, DEFAULT_ACCEPT, DEFAULT_DENY, INFO_CHAIN};
+use crate::compile::{
+    Compiled, DEFAULT_ACCEPT, DEFAULT_DENY, DNS_INTERCEPT, DNS_PROXY, DNS_UPSTREAM, INFO_CHAIN,
+};
 use crate::session::{Format, NftError, Session};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -113,6 +115,7 @@ pub fn is_rule_counter(key: &str) -> bool {
         && key != "icmp-essentials"
         && !key.starts_with("snat-")
         && !key.starts_with("dnat-")
+        && ![DNS_PROXY, DNS_UPSTREAM, DNS_INTERCEPT].contains(&key)
 }
 
 /// Replaces ward's table with `compiled` in one transaction. The kernel validates the whole

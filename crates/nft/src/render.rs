@@ -193,6 +193,10 @@ fn stmt(s: &Stmt) -> String {
         Stmt::Masquerade(_) => "masquerade".into(),
         Stmt::Snat(n) => format!("snat {}", nat_target(n)),
         Stmt::Dnat(n) => format!("dnat {}", nat_target(n)),
+        Stmt::Redirect(n) => match &n.port {
+            Some(p) => format!("redirect to :{}", expr(p, false)),
+            None => "redirect".into(),
+        },
         Stmt::Verdict(v) => verdict_str(v),
     }
 }

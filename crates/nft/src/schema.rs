@@ -199,6 +199,8 @@ pub enum Stmt {
     Masquerade(Option<Null>),
     Snat(Nat),
     Dnat(Nat),
+    /// To the primary address of the interface the packet came in on (only `port` is set).
+    Redirect(Nat),
     #[serde(untagged)]
     Verdict(Verdict),
 }

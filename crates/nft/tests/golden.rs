@@ -1,6 +1,9 @@
 //! Golden files: every example policy compiled and rendered in nft's language, so a change
 //! in the compiler shows up as a reviewable diff. `WARD_BLESS=1 cargo test -p nft` rewrites them.
 
+mod common;
+
+use common::compile_example;
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
@@ -16,15 +19,6 @@ fn examples() -> Vec<PathBuf> {
     v.sort();
     assert!(v.len() >= 5, "expected the example policies, found {v:?}");
     v
-}
-
-pub fn compile_example(path: &Path) -> nft::Compiled {
-    let (checked, _) = policy::load(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let opts = nft::Options {
-        comment: Some("ward sha256=golden".into()),
-        ..nft::Options::default()
-    };
-    nft::compile(&checked.policy, &opts)
 }
 
 fn check(path: &Path, rendered: &str) {

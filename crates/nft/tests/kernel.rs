@@ -2,6 +2,8 @@
 //! vanishes with its thread: the JSON batch and the rendered text (what apply loads) give the same table,
 //! and a batch the kernel rejects leaves the live table exactly as it was.
 
+mod common;
+
 use nft::schema::{payload, s, Stmt};
 use nft::{Format, Session};
 use std::path::Path;
@@ -19,16 +21,10 @@ fn in_scratch<T: Send + 'static>(f: impl FnOnce(&Session) -> T + Send + 'static)
 }
 
 fn compile(name: &str) -> nft::Compiled {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples")
-        .join(name);
-    let (checked, _) = policy::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-    nft::compile(
-        &checked.policy,
-        &nft::Options {
-            comment: Some("ward sha256=test".into()),
-            ..Default::default()
-        },
+    common::compile_example(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples")
+            .join(name),
     )
 }
 
@@ -100,7 +96,7 @@ fn status_reads_back_what_apply_recorded() {
         nft::live::replace(s, &c).unwrap();
         nft::live::read(s, "ward").unwrap().expect("installed")
     });
-    assert_eq!(inst.comment_field("sha256"), Some("test"));
+    assert_eq!(inst.comment_field("sha256"), Some("golden"));
     for id in [
         "ssh-from-lan",
         "web-out",

@@ -70,12 +70,43 @@ pub fn loaded(
     }
 }
 
-pub fn options(table: &str, comment: Option<String>) -> nft::Options {
-    nft::Options {
+/// Compiler options for `policy`; where it runs a DNS proxy, the proxy's addresses are looked
+/// up in the current network namespace (so call this after entering it).
+pub fn options(
+    policy: &policy::Policy,
+    table: &str,
+    comment: Option<String>,
+) -> Result<nft::Options> {
+    let dns = nft::dnsplan::plan(policy, interface_addrs, || {
+        std::fs::read_to_string("/etc/resolv.conf")
+            .map(|t| nft::dnsplan::resolv_conf_nameservers(&t))
+            .unwrap_or_default()
+    })
+    .map_err(|e| Failure(format!("error: {e}")))?;
+    Ok(nft::Options {
         table: table.to_string(),
         comment,
+        dns,
         ..nft::Options::default()
-    }
+    })
+}
+
+/// The addresses of one interface in the current network namespace (none if it is absent).
+fn interface_addrs(name: &str) -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter(|a| a.interface_name == name)
+        .filter_map(|a| {
+            let sa = a.address?;
+            if let Some(v4) = sa.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect()
 }
 
 /// Enters the namespace (if any) and opens a libnftables session there.
@@ -89,7 +120,8 @@ pub fn session(netns: Option<&str>) -> Result<Session> {
 pub fn check(file: &Path) -> Result {
     let l = load(file)?;
     let p = &l.checked.policy;
-    let compiled = nft::compile(p, &options("ward", None));
+    // Only the layout is reported here, so the DNS proxy's addresses need not be looked up.
+    let compiled = nft::compile(p, &nft::Options::default());
     println!(
         "{}: ok: {} rules, {} snat, {} dnat; compiles to {} maps ({} elements) and {} linear rules{}",
         file.display(),
@@ -106,10 +138,8 @@ pub fn check(file: &Path) -> Result {
 
 pub fn compile(file: &Path, table: &str, json: bool) -> Result {
     let l = load(file)?;
-    let compiled = nft::compile(
-        &l.checked.policy,
-        &options(table, Some(table_comment(&l.sha256, None))),
-    );
+    let p = &l.checked.policy;
+    let compiled = nft::compile(p, &options(p, table, Some(table_comment(&l.sha256, None)))?);
     if json {
         let out = serde_json::to_string_pretty(&compiled.replace_batch())
             .map_err(|e| Failure(e.to_string()))?;
@@ -134,10 +164,8 @@ fn table_comment(sha256: &str, applied: Option<std::time::SystemTime>) -> String
 pub fn plan(file: &Path, table: &str, netns: Option<&str>) -> Result {
     let l = load(file)?;
     let s = session(netns)?;
-    let compiled = nft::compile(
-        &l.checked.policy,
-        &options(table, Some(table_comment(&l.sha256, None))),
-    );
+    let p = &l.checked.policy;
+    let compiled = nft::compile(p, &options(p, table, Some(table_comment(&l.sha256, None)))?);
     let diff = live::plan(&s, &compiled)?;
     if diff.is_empty() {
         println!(
@@ -154,7 +182,8 @@ pub fn apply(file: &Path, table: &str, netns: Option<&str>) -> Result {
     let l = load(file)?;
     let s = session(netns)?;
     let comment = table_comment(&l.sha256, Some(std::time::SystemTime::now()));
-    let compiled = nft::compile(&l.checked.policy, &options(table, Some(comment)));
+    let p = &l.checked.policy;
+    let compiled = nft::compile(p, &options(p, table, Some(comment))?);
     let script = nft::render::replace_script(&compiled);
     let summary = format!(
         "applied {} (sha256 {}): {} rules as {} maps and {} linear rules",

@@ -55,10 +55,12 @@ fn bring_up(names: &LabNames, table: &str) -> Result<(Lab, policy::Policy)> {
         .fw()
         .run(move || -> Result {
             let s = commands::session(None)?;
-            let compiled = nft::compile(
+            let opts = commands::options(
                 &policy,
-                &commands::options(&table, Some(format!("ward sha256={}", loaded.sha256))),
-            );
+                &table,
+                Some(format!("ward sha256={}", loaded.sha256)),
+            )?;
+            let compiled = nft::compile(&policy, &opts);
             nft::live::replace(&s, &compiled)?;
             Ok(())
         })
