@@ -3,6 +3,7 @@
 
 pub mod compile;
 pub mod dnsplan;
+pub mod learn;
 pub mod live;
 pub mod netns;
 pub mod render;

@@ -106,6 +106,11 @@ impl Session {
         }
     }
 
+    /// Runs a listing command (`list set inet ward NAME`, ...) and returns its JSON output.
+    pub fn list_json(&self, cmd: &str) -> Result<String, NftError> {
+        self.run(cmd, OUTPUT_JSON, false)
+    }
+
     fn run(&self, cmd: &str, flags: c_uint, dry_run: bool) -> Result<String, NftError> {
         let c = CString::new(cmd)
             .map_err(|_| NftError::Rejected("command contains a NUL byte".into()))?;

@@ -120,3 +120,90 @@ fn status_reads_back_what_apply_recorded() {
     });
     assert_eq!(removed, (true, false, None));
 }
+
+/// The elements of one set with their remaining lifetime in seconds, from the kernel listing.
+fn set_elements(s: &Session, set: &str) -> Vec<(String, u64)> {
+    let out = s
+        .list_json(&format!("list set inet ward {set}"))
+        .expect("list set");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json listing");
+    let mut found = Vec::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        for e in item["set"]["elem"].as_array().into_iter().flatten() {
+            let elem = &e["elem"];
+            let addr = elem["val"].as_str().unwrap_or_default().to_string();
+            found.push((addr, elem["expires"].as_u64().unwrap_or(0)));
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn learned_addresses_commit_refresh_and_remove() {
+    use nft::learn::{SetOp, SetWriter};
+    use std::time::Duration;
+    let c = compile("vm-host.yaml");
+    for readd_refreshes in [true, false] {
+        let c = c.clone();
+        in_scratch(move |s| {
+            nft::live::replace(s, &c).unwrap();
+            let w = SetWriter::new("ward").with_readd_refreshes(readd_refreshes);
+            let a4 = "192.0.2.10".parse().unwrap();
+            let a6 = "2001:db8::10".parse().unwrap();
+            let add = |addr, secs| SetOp::Add {
+                rule: "github",
+                addr,
+                timeout: Duration::from_secs(secs),
+            };
+            w.commit(s, &[add(a4, 30), add(a6, 30)]).unwrap();
+            let v4 = set_elements(s, "fqdn4-github");
+            assert_eq!(v4.len(), 1, "{v4:?}");
+            assert!(v4[0].0 == "192.0.2.10" && v4[0].1 <= 30, "{v4:?}");
+            assert_eq!(set_elements(s, "fqdn6-github")[0].0, "2001:db8::10");
+
+            // A repeated answer extends the lifetime.
+            w.commit(s, &[add(a4, 3600)]).unwrap();
+            let v4 = set_elements(s, "fqdn4-github");
+            assert!(
+                v4[0].1 > 3000,
+                "timeout not refreshed ({readd_refreshes}): {v4:?}"
+            );
+
+            // Removing a present and an absent address in one batch.
+            let gone = "192.0.2.99".parse().unwrap();
+            w.commit(
+                s,
+                &[
+                    SetOp::Remove {
+                        rule: "github",
+                        addr: a4,
+                    },
+                    SetOp::Remove {
+                        rule: "github",
+                        addr: gone,
+                    },
+                ],
+            )
+            .unwrap();
+            assert!(set_elements(s, "fqdn4-github").is_empty());
+
+            // One bad op fails the whole batch and changes nothing.
+            let err = w
+                .commit(
+                    s,
+                    &[
+                        add(a4, 30),
+                        SetOp::Add {
+                            rule: "no-such-rule",
+                            addr: a4,
+                            timeout: Duration::from_secs(30),
+                        },
+                    ],
+                )
+                .expect_err("unknown set");
+            assert!(err.to_string().contains("No such file"), "{err}");
+            assert!(set_elements(s, "fqdn4-github").is_empty());
+        });
+    }
+}
