@@ -74,6 +74,9 @@ pub enum LabError {
     /// The lab description is unusable (e.g. duplicate or invalid namespace names).
     #[error("invalid lab spec: {0}")]
     Spec(String),
+    /// A [`crate::Zone`] cannot be served (bad name, name outside the origin, CNAME clash).
+    #[error("invalid DNS zone: {0}")]
+    Zone(String),
     /// Tearing down failed for one or more namespaces.
     #[error("teardown failed: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Teardown(Vec<LabError>),

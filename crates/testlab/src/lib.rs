@@ -15,12 +15,15 @@
 //!
 //! Everything happens inside namespaces the lab creates; the host's interfaces, ruleset and
 //! sysctls are never touched. Needs root (CAP_SYS_ADMIN + CAP_NET_ADMIN) and iproute2.
+//! [`Netns::dns_server`] adds a real authoritative DNS server for the DNS proxy ([`dns_server`]).
 
+pub mod dns_server;
 mod error;
 mod netns;
 mod topology;
 mod traffic;
 
+pub use dns_server::{DnsServer, Zone, DNS_PORT};
 pub use error::LabError;
 pub use netns::{Netns, NETNS_DIR};
 pub use topology::{addr, ifname, reap_stale, teardown, Lab, LabSpec};
