@@ -514,7 +514,7 @@ fn addresses(answer: &Answer, end: &str, limit: u32) -> Vec<(IpAddr, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use policy::FqdnPattern;
+    use crate::matcher::matcher;
 
     const SEC: u64 = 1000;
 
@@ -533,27 +533,6 @@ mod tests {
             capacity,
             ..DnsSettings::default()
         }
-    }
-
-    /// Rule i gets the patterns in `rules[i]`.
-    fn matcher(rules: &[&[&str]]) -> Matcher {
-        let rules: Vec<Vec<FqdnPattern>> = rules
-            .iter()
-            .map(|ps| {
-                ps.iter()
-                    .map(|p| match FqdnPattern::parse(p) {
-                        Ok(p) => p,
-                        Err(e) => panic!("{p}: {e}"),
-                    })
-                    .collect()
-            })
-            .collect();
-        Matcher::new(
-            rules
-                .iter()
-                .enumerate()
-                .map(|(i, ps)| (RuleIdx(i as u32), ps.as_slice())),
-        )
     }
 
     fn a(owner: &str, addr: &str, ttl: u32) -> Record {

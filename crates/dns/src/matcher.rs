@@ -1,13 +1,9 @@
 //! Which `destination_fqdn` rules a queried name matches, answered with a few hash lookups per
 //! label of the name, however many patterns the policy has.
 
-use policy::{FqdnPattern, Policy};
+use policy::{FqdnPattern, Policy, MAX_DNS_LABEL as MAX_LABEL, MAX_DNS_NAME as MAX_NAME};
 use rustc_hash::FxHashMap;
 use std::borrow::Cow;
-
-/// Longest name in presentation form without the trailing dot (RFC 1035's 255 wire octets).
-const MAX_NAME: usize = 253;
-const MAX_LABEL: usize = 63;
 
 /// A rule, by its position in `Policy::rules`. Numbers, not ids, so that the cache can store a
 /// rule in four bytes; the caller maps it back to `rules[idx].id` for the data plane.
@@ -158,29 +154,31 @@ pub(crate) fn same_name(name: &str, normalized: &str) -> bool {
         .eq_ignore_ascii_case(normalized)
 }
 
+/// Test helper: rule i gets the patterns in `rules[i]`.
+#[cfg(test)]
+pub(crate) fn matcher(rules: &[&[&str]]) -> Matcher {
+    let rules: Vec<Vec<FqdnPattern>> = rules
+        .iter()
+        .map(|ps| ps.iter().map(|p| tests::pat(p)).collect())
+        .collect();
+    Matcher::new(
+        rules
+            .iter()
+            .enumerate()
+            .map(|(i, ps)| (RuleIdx(i as u32), ps.as_slice())),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn pat(s: &str) -> FqdnPattern {
+    pub(crate) fn pat(s: &str) -> FqdnPattern {
         match FqdnPattern::parse(s) {
             Ok(p) => p,
             Err(e) => panic!("{s}: {e}"),
         }
-    }
-
-    fn matcher(rules: &[&[&str]]) -> Matcher {
-        let rules: Vec<Vec<FqdnPattern>> = rules
-            .iter()
-            .map(|ps| ps.iter().map(|p| pat(p)).collect())
-            .collect();
-        Matcher::new(
-            rules
-                .iter()
-                .enumerate()
-                .map(|(i, ps)| (RuleIdx(i as u32), ps.as_slice())),
-        )
     }
 
     fn idx(v: &[u32]) -> Vec<RuleIdx> {

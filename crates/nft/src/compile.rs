@@ -621,8 +621,7 @@ impl Compiler<'_> {
                 } else {
                     e.push(matches(Dim::Daddr.key_expr(fam), s(l.ip().to_string())));
                 }
-                e.push(matches(meta("l4proto"), set(strs(&["tcp", "udp"]))));
-                e.push(matches(payload("th", "dport"), num(l.port().into())));
+                e.extend(dns_port(l.port()));
                 e.push(counter());
                 e.push(verdict(Verdict::accept()));
                 self.rule("input", e, Some(DNS_PROXY))
@@ -639,13 +638,10 @@ impl Compiler<'_> {
             .iter()
             .map(|u| {
                 let fam = fam_of(u.ip());
-                let e = vec![
-                    matches(Dim::Daddr.key_expr(fam), s(u.ip().to_string())),
-                    matches(meta("l4proto"), set(strs(&["tcp", "udp"]))),
-                    matches(payload("th", "dport"), num(u.port().into())),
-                    counter(),
-                    verdict(Verdict::accept()),
-                ];
+                let mut e = vec![matches(Dim::Daddr.key_expr(fam), s(u.ip().to_string()))];
+                e.extend(dns_port(u.port()));
+                e.push(counter());
+                e.push(verdict(Verdict::accept()));
                 self.rule("output", e, Some(DNS_UPSTREAM))
             })
             .collect()
@@ -665,8 +661,7 @@ impl Compiler<'_> {
                 let fam = fam_of(l.ip());
                 let mut e = lan_side.clone();
                 e.push(matches(meta("nfproto"), s(fam.nfproto())));
-                e.push(matches(meta("l4proto"), set(strs(&["tcp", "udp"]))));
-                e.push(matches(payload("th", "dport"), num(53)));
+                e.extend(dns_port(53));
                 e.push(counter());
                 e.push(if l.ip().is_unspecified() {
                     // A wildcard listener is reached on the address the query came in to.
@@ -766,6 +761,14 @@ impl Compiler<'_> {
             self.chains.push((chain, rules));
         }
     }
+}
+
+/// DNS over UDP or TCP to `port`.
+fn dns_port(port: u16) -> [Stmt; 2] {
+    [
+        matches(meta("l4proto"), set(strs(&["tcp", "udp"]))),
+        matches(payload("th", "dport"), num(port.into())),
+    ]
 }
 
 fn push(mut v: Vec<Stmt>, s: Stmt) -> Vec<Stmt> {

@@ -51,29 +51,27 @@ impl SetWriter {
     pub fn script(&self, ops: &[SetOp<'_>]) -> String {
         let mut out = String::with_capacity(ops.len() * 96);
         for op in ops {
-            let (rule, addr) = match *op {
-                SetOp::Add { rule, addr, .. } | SetOp::Remove { rule, addr } => (rule, addr),
-            };
+            let (SetOp::Add { rule, addr, .. } | SetOp::Remove { rule, addr }) = *op;
             let (v4, v6) = fqdn_set_names(rule);
             let set = if addr.is_ipv4() { v4 } else { v6 };
             let t = &self.table;
+            let remove = |out: &mut String| {
+                let _ = writeln!(out, "add element inet {t} {set} {{ {addr} timeout 1s }}");
+                let _ = writeln!(out, "delete element inet {t} {set} {{ {addr} }}");
+            };
             match *op {
                 SetOp::Add { timeout, .. } => {
+                    if !self.readd_refreshes {
+                        remove(&mut out);
+                    }
                     // Whole seconds, at least one: nft's smallest unit here is the second anyway.
                     let secs = timeout.as_secs().max(1);
-                    if !self.readd_refreshes {
-                        let _ = writeln!(out, "add element inet {t} {set} {{ {addr} timeout 1s }}");
-                        let _ = writeln!(out, "delete element inet {t} {set} {{ {addr} }}");
-                    }
                     let _ = writeln!(
                         out,
                         "add element inet {t} {set} {{ {addr} timeout {secs}s }}"
                     );
                 }
-                SetOp::Remove { .. } => {
-                    let _ = writeln!(out, "add element inet {t} {set} {{ {addr} timeout 1s }}");
-                    let _ = writeln!(out, "delete element inet {t} {set} {{ {addr} }}");
-                }
+                SetOp::Remove { .. } => remove(&mut out),
             }
         }
         out

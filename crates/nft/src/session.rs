@@ -42,7 +42,19 @@ pub enum Format {
 pub struct Session {
     // Field order matters: `ctx` must be freed before `lib` is unloaded (see Drop).
     ctx: *mut c_void,
+    /// Looked up once: the DNS proxy runs a command per answer.
+    f: Fns,
     lib: Library,
+}
+
+/// The libnftables functions used per command; valid while `Session::lib` stays loaded.
+struct Fns {
+    set_flags: SetFlags,
+    set_dry: SetDryRun,
+    run: RunCmd,
+    get_out: GetBuffer,
+    get_err: GetBuffer,
+    free: CtxFree,
 }
 
 impl Session {
@@ -53,15 +65,25 @@ impl Session {
             // SAFETY: loading libnftables runs only its ELF constructors, which have no preconditions.
             .find_map(|n| unsafe { Library::new(n) }.ok())
             .ok_or_else(|| NftError::Missing("libnftables.so.1 not found".into()))?;
-        // SAFETY: the symbol has this signature in libnftables.h.
-        let ctx = unsafe {
-            let new: Symbol<CtxNew> = sym(&lib, b"nft_ctx_new\0")?;
-            new(0)
+        // SAFETY: these symbols have these signatures in libnftables.h; the copied function
+        // pointers are only called while `lib`, moved into the Session with them, is loaded.
+        let (f, new) = unsafe {
+            let f = Fns {
+                set_flags: *sym::<SetFlags>(&lib, b"nft_ctx_output_set_flags\0")?,
+                set_dry: *sym::<SetDryRun>(&lib, b"nft_ctx_set_dry_run\0")?,
+                run: *sym::<RunCmd>(&lib, b"nft_run_cmd_from_buffer\0")?,
+                get_out: *sym::<GetBuffer>(&lib, b"nft_ctx_get_output_buffer\0")?,
+                get_err: *sym::<GetBuffer>(&lib, b"nft_ctx_get_error_buffer\0")?,
+                free: *sym::<CtxFree>(&lib, b"nft_ctx_free\0")?,
+            };
+            (f, *sym::<CtxNew>(&lib, b"nft_ctx_new\0")?)
         };
+        // SAFETY: `new` is nft_ctx_new with no preconditions.
+        let ctx = unsafe { new(0) };
         if ctx.is_null() {
             return Err(NftError::Init("nft_ctx_new failed".into()));
         }
-        let s = Session { ctx, lib };
+        let s = Session { ctx, f, lib };
         // SAFETY: `ctx` is a live context; these signatures match libnftables.h.
         unsafe {
             let out: Symbol<Buffer> = sym(&s.lib, b"nft_ctx_buffer_output\0")?;
@@ -117,16 +139,12 @@ impl Session {
         // SAFETY: `ctx` is live for `self`'s lifetime; buffers returned by libnftables are
         // valid NUL-terminated strings until the next command on this context, and are copied.
         unsafe {
-            let set_flags: Symbol<SetFlags> = sym(&self.lib, b"nft_ctx_output_set_flags\0")?;
-            let set_dry: Symbol<SetDryRun> = sym(&self.lib, b"nft_ctx_set_dry_run\0")?;
-            let run: Symbol<RunCmd> = sym(&self.lib, b"nft_run_cmd_from_buffer\0")?;
-            let get_out: Symbol<GetBuffer> = sym(&self.lib, b"nft_ctx_get_output_buffer\0")?;
-            let get_err: Symbol<GetBuffer> = sym(&self.lib, b"nft_ctx_get_error_buffer\0")?;
-            set_flags(self.ctx, flags);
-            set_dry(self.ctx, dry_run);
-            let rc = run(self.ctx, c.as_ptr());
-            let out = cstr(get_out(self.ctx));
-            let err = cstr(get_err(self.ctx));
+            let f = &self.f;
+            (f.set_flags)(self.ctx, flags);
+            (f.set_dry)(self.ctx, dry_run);
+            let rc = (f.run)(self.ctx, c.as_ptr());
+            let out = cstr((f.get_out)(self.ctx));
+            let err = cstr((f.get_err)(self.ctx));
             if rc != 0 {
                 let msg = if err.trim().is_empty() {
                     format!("exit code {rc}")
@@ -143,11 +161,7 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         // SAFETY: `ctx` came from nft_ctx_new and is freed once, before `lib` unloads.
-        unsafe {
-            if let Ok(free) = self.lib.get::<CtxFree>(b"nft_ctx_free\0") {
-                free(self.ctx);
-            }
-        }
+        unsafe { (self.f.free)(self.ctx) }
     }
 }
 

@@ -4,8 +4,8 @@
 use crate::model::FqdnPattern;
 
 /// Longest DNS name in presentation form, without the trailing dot.
-const MAX_NAME: usize = 253;
-const MAX_LABEL: usize = 63;
+pub const MAX_NAME: usize = 253;
+pub const MAX_LABEL: usize = 63;
 
 impl FqdnPattern {
     /// Parses `github.com`, `*.example.com` or `.example.com`. Patterns must already be in

@@ -13,6 +13,7 @@ mod validate;
 
 pub use diag::{Diagnostic, PolicyErrors};
 pub use explain::{direction_applies, explain, rule_matches, Explanation, Probe, Target, Verdict};
+pub use fqdn::{MAX_LABEL as MAX_DNS_LABEL, MAX_NAME as MAX_DNS_NAME};
 pub use model::*;
 pub use parse::{MAX_ALIAS_NODES, MAX_DEPTH};
 pub use validate::MAX_RULES;
