@@ -186,6 +186,14 @@ impl Cache {
         })
     }
 
+    /// Drops the entry for (`rule`, `addr`) without an update: for an add the data plane
+    /// refused, so that the cache does not count what was never allowed.
+    pub fn forget(&mut self, rule: RuleIdx, addr: IpAddr) {
+        if let Some(&slot) = self.index.get(&(rule.0, addr)) {
+            self.evict(slot, None);
+        }
+    }
+
     /// Drops every entry that has expired by `now_ms`, without updates.
     pub fn expire(&mut self, now_ms: u64) {
         while let Some(&Reverse((expires, slot))) = self.expiry.peek() {

@@ -8,16 +8,26 @@
 //! - [`Learner`]: the data plane seam; [`RecordingLearner`] stands in for one in tests.
 //! - [`RateLimiter`]: `dns_qps_per_client`, per client address.
 //!
-//! Not here (yet): sockets, the proxy loop, DNS wire parsing, anything touching the kernel.
-//! Everything in this crate is pure logic with time passed in as milliseconds on the
-//! caller's monotonic clock, so tests never sleep.
+//! - [`wire`]: DNS messages without sockets (query checks, ECS stripping, reply checks).
+//! - [`Committer`]: the thread that owns the cache and the learner, batching answers into one
+//!   commit each, and [`Proxy`]: the UDP / TCP sockets that forward and wait for it.
+//!
+//! Not here: anything touching the kernel (the caller's `Learner` does), the policy's defaults
+//! that depend on the host (listen and upstream addresses are given).
 
 mod cache;
+mod committer;
 mod learner;
 mod matcher;
+mod proxy;
 mod ratelimit;
+mod stats;
+pub mod wire;
 
 pub use cache::{Answer, Cache, Record, Update, MAX_CNAME_HOPS};
+pub use committer::{CommitFailed, Committer};
 pub use learner::{Learner, RecordingError, RecordingLearner};
 pub use matcher::{Matcher, RuleIdx};
+pub use proxy::{Config, Proxy, DEFAULT_UPSTREAM_TIMEOUT};
 pub use ratelimit::{RateLimiter, DEFAULT_MAX_CLIENTS};
+pub use stats::Stats;

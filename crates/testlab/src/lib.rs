@@ -15,14 +15,17 @@
 //!
 //! Everything happens inside namespaces the lab creates; the host's interfaces, ruleset and
 //! sysctls are never touched. Needs root (CAP_SYS_ADMIN + CAP_NET_ADMIN) and iproute2.
-//! [`Netns::dns_server`] adds a real authoritative DNS server for the DNS proxy ([`dns_server`]).
+//! [`Netns::dns_server`] adds a real authoritative DNS server for the DNS proxy ([`dns_server`]),
+//! and [`Netns::dns`] / [`dns_exchange`] query it or the proxy.
 
+mod dns_client;
 pub mod dns_server;
 mod error;
 mod netns;
 mod topology;
 mod traffic;
 
+pub use dns_client::{answer_addrs, dns_exchange, dns_query, edns, Transport};
 pub use dns_server::{DnsServer, Zone, DNS_PORT};
 pub use error::LabError;
 pub use netns::{Netns, NETNS_DIR};

@@ -178,24 +178,31 @@ pub fn plan(file: &Path, table: &str, netns: Option<&str>) -> Result {
     Ok(())
 }
 
-pub fn apply(file: &Path, table: &str, netns: Option<&str>) -> Result {
-    let l = load(file)?;
-    let s = session(netns)?;
+/// The script that installs `l` as `table`, the line that reports it, and the options it was
+/// compiled with (the DNS proxy's addresses among them).
+pub fn prepare(l: &Loaded, file: &Path, table: &str) -> Result<(String, String, nft::Options)> {
     let comment = table_comment(&l.sha256, Some(std::time::SystemTime::now()));
     let p = &l.checked.policy;
-    let compiled = nft::compile(p, &options(p, table, Some(comment))?);
+    let opts = options(p, table, Some(comment))?;
+    let compiled = nft::compile(p, &opts);
     let script = nft::render::replace_script(&compiled);
     let summary = format!(
         "applied {} (sha256 {}): {} rules as {} maps and {} linear rules",
         file.display(),
         &l.sha256[..12],
-        l.checked.policy.rules.len(),
+        p.rules.len(),
         compiled.stats.maps,
         compiled.stats.linear_rules
     );
-    // Only the script is needed from here on: free the policy and the compiled table, and
-    // return their pages to the system, before libnftables builds its own copy of the table.
-    drop(compiled);
+    Ok((script, summary, opts))
+}
+
+pub fn apply(file: &Path, table: &str, netns: Option<&str>) -> Result {
+    let l = load(file)?;
+    let s = session(netns)?;
+    let (script, summary, _) = prepare(&l, file, table)?;
+    // Only the script is needed from here on: free the policy and return its pages to the
+    // system before libnftables builds its own copy of the table.
     drop(l);
     crate::release_freed_memory();
     s.apply_text(&script).map_err(|e| {

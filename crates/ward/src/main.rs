@@ -1,8 +1,10 @@
 //! The `ward` command: argument parsing and orchestration only. The work happens in the
-//! `policy` (file → model), `nft` (model → kernel) and `testlab` (namespace lab) crates.
+//! `policy` (file → model), `nft` (model → kernel), `dns` (the proxy) and `testlab`
+//! (namespace lab) crates.
 
 mod commands;
 mod lab;
+mod run;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use nix::sys::signal::{signal, SigHandler, Signal};
@@ -63,6 +65,13 @@ enum Cmd {
         #[arg(long)]
         netns: Option<String>,
     },
+    /// Apply the policy, then serve its DNS proxy until stopped (the policy stays enforced)
+    Run {
+        #[arg(default_value = "rules.yaml")]
+        file: PathBuf,
+        #[arg(long)]
+        netns: Option<String>,
+    },
     /// Delete ward's table (and nothing else)
     Remove {
         #[arg(long)]
@@ -106,6 +115,10 @@ fn main() -> ExitCode {
     // Die quietly on a closed pipe (`ward status | head`), as command-line tools do.
     // SAFETY: restoring the default disposition installs no handler code.
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .init();
     let cli = Cli::parse();
     let t = &cli.table;
     let result = match cli.cmd {
@@ -115,6 +128,7 @@ fn main() -> ExitCode {
         }
         Cmd::Plan { file, netns } => commands::plan(&file, t, netns.as_deref()),
         Cmd::Apply { file, netns } => commands::apply(&file, t, netns.as_deref()),
+        Cmd::Run { file, netns } => run::run(&file, t, netns.as_deref()),
         Cmd::Remove { netns } => commands::remove(t, netns.as_deref()),
         Cmd::Status { json, netns } => commands::status(t, json, netns.as_deref()),
         Cmd::Explain(args) => commands::explain(&args),

@@ -1,0 +1,155 @@
+//! `ward run`: apply the policy, then serve its DNS proxy until SIGTERM / SIGINT, feeding the
+//! learned addresses into the kernel's name sets. Stopping leaves the policy enforced.
+
+use crate::commands::{self, Failure, Result};
+use dns::{Committer, Learner, Matcher, Proxy, Stats, Update};
+use nft::learn::{SetOp, SetWriter};
+use nft::Session;
+use std::path::Path;
+use std::sync::Arc;
+
+pub fn run(file: &Path, table: &str, netns: Option<&str>) -> Result {
+    let l = commands::load(file)?;
+    // Enters the namespace on this thread before any other starts: they all inherit it.
+    let session = commands::session(netns)?;
+    let p = &l.checked.policy;
+    let (script, summary, opts) = commands::prepare(&l, file, table)?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure(format!("error: cannot start the runtime: {e}")))?;
+    // Sockets and the learner come first: if the port is taken or libnftables is missing,
+    // nothing has changed yet.
+    let proxy = match &opts.dns {
+        Some(d) => {
+            let matcher = Arc::new(Matcher::from_policy(p));
+            let stats = Arc::new(Stats::default());
+            let rule_ids: Vec<String> = p.rules.iter().map(|r| r.id.clone()).collect();
+            let table = table.to_string();
+            let (committer, _thread) =
+                Committer::spawn(&p.dns, matcher.clone(), stats.clone(), move || {
+                    KernelSets::open(&table, rule_ids)
+                })
+                .map_err(|e| Failure(format!("error: {e}")))?;
+            let config = dns::Config::new(p, d.listen.clone(), d.upstreams.clone());
+            let _in_rt = rt.enter();
+            let proxy = Proxy::bind(config, matcher, committer, stats.clone())
+                .map_err(|e| Failure(format!("error: DNS proxy: {e}\nnothing was changed.")))?;
+            Some((proxy, stats, d))
+        }
+        None => None,
+    };
+
+    session.apply_text(&script).map_err(|e| {
+        Failure(format!(
+            "error: {e}\napply failed; the live table was not changed."
+        ))
+    })?;
+    println!("{summary}");
+    match &proxy {
+        Some((proxy, _, d)) => println!(
+            "serving DNS on {} (UDP and TCP), forwarding to {}{}",
+            join(&proxy.local_addrs()),
+            join(&d.upstreams),
+            if d.intercept {
+                "; LAN queries to other resolvers are redirected here"
+            } else {
+                ""
+            }
+        ),
+        None => println!("no destination_fqdn rules: no DNS proxy to run"),
+    }
+    println!("ward run: ready; SIGTERM or Ctrl-C stops (the policy stays enforced)");
+
+    let stats = proxy.as_ref().map(|(_, s, _)| s.clone());
+    let served = rt.block_on(async move {
+        let serve = async move {
+            match proxy {
+                Some((proxy, _, _)) => proxy.serve().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = serve => r,
+            _ = stop_signal() => Ok(()),
+        }
+    });
+    if let Some(stats) = stats {
+        let counts: Vec<String> = stats
+            .snapshot()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("DNS: {}", counts.join(" "));
+    }
+    served.map_err(|e| Failure(format!("error: DNS proxy stopped: {e}")))?;
+    println!("stopped; the policy stays enforced (remove it with `ward remove`)");
+    Ok(())
+}
+
+fn join(addrs: &[std::net::SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        // Without handlers the default action (exit) still stops ward.
+        _ => std::future::pending().await,
+    }
+}
+
+/// The kernel side of learning: the policy's name sets in ward's table.
+struct KernelSets {
+    session: Session,
+    writer: SetWriter,
+    /// Rule ids by policy position (the matcher's rule index).
+    rule_ids: Vec<String>,
+}
+
+impl KernelSets {
+    fn open(table: &str, rule_ids: Vec<String>) -> std::result::Result<KernelSets, nft::NftError> {
+        Ok(KernelSets {
+            session: Session::open()?,
+            writer: SetWriter::new(table),
+            rule_ids,
+        })
+    }
+}
+
+impl Learner for KernelSets {
+    type Error = nft::NftError;
+
+    fn commit(&mut self, updates: &[Update]) -> std::result::Result<(), nft::NftError> {
+        let ops: Vec<SetOp<'_>> = updates
+            .iter()
+            .filter_map(|u| match *u {
+                Update::Add { rule, addr, ttl } => Some(SetOp::Add {
+                    rule: self.rule_ids.get(rule.index())?,
+                    addr,
+                    timeout: ttl,
+                }),
+                Update::Remove { rule, addr } => Some(SetOp::Remove {
+                    rule: self.rule_ids.get(rule.index())?,
+                    addr,
+                }),
+            })
+            .collect();
+        self.writer.commit(&self.session, &ops)
+    }
+}

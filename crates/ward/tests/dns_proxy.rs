@@ -1,0 +1,574 @@
+//! `ward run` with `destination_fqdn` rules, on real traffic: the LAN host resolves through
+//! ward's proxy (a real authoritative server upstream, in the WAN namespace), then connects.
+//! Every policy denies by default in all three directions, so the proxy's own traffic passes
+//! only through the plumbing ward compiles for it.
+
+mod common;
+
+use common::*;
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use testlab::{answer_addrs, dns_exchange, dns_query, edns, Transport, Zone};
+
+/// The proxy's address as the LAN host sees it: the firewall's LAN address.
+const PROXY: SocketAddr = SocketAddr::new(IpAddr::V4(addr::FW_LAN), 53);
+const DNS_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn wan(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 51, 100, last))
+}
+
+/// A gateway policy with the upstream in the WAN namespace and the given extra settings.
+fn policy(dns: &str, rules: &str) -> String {
+    format!(
+        "defaults:
+  default_action: deny
+  input_action: deny
+  output_action: deny
+  upstream_dns: 198.51.100.20
+{GATEWAY}dns:
+  min_ttl: 1
+{dns}rules:
+{rules}"
+    )
+}
+
+/// `ward run` in the lab's firewall, stopped (SIGTERM, then SIGKILL) when dropped.
+struct WardRun {
+    child: Child,
+    out: mpsc::Receiver<String>,
+    _file: PolicyFile,
+}
+
+impl WardRun {
+    fn start(lab: &Lab, yaml: &str) -> WardRun {
+        let file = PolicyFile::new(yaml);
+        let mut child = Command::new(WARD)
+            .args(["run", file.path(), "--netns", lab.fw().name()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ward run");
+        let (tx, out) = mpsc::channel();
+        for pipe in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let mut run = WardRun {
+            child,
+            out,
+            _file: file,
+        };
+        let mut seen = String::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match run.out.recv_timeout(left) {
+                Ok(line) if line.contains("ready") => return run,
+                Ok(line) => seen.push_str(&format!("{line}\n")),
+                Err(_) => {
+                    let status = run.child.try_wait().ok().flatten();
+                    panic!(
+                        "ward run did not get ready (exit: {status:?}):\n{seen}\npolicy:\n{yaml}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, sig);
+    }
+
+    /// SIGTERM, and everything it printed, once it has exited.
+    fn stop(mut self) -> String {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = self.child.wait().expect("wait for ward run");
+        assert!(status.success(), "ward run exited with {status}");
+        // The reader threads end with the pipes.
+        std::thread::sleep(Duration::from_millis(50));
+        self.out.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    /// SIGKILL: no chance to clean anything up.
+    fn kill9(mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WardRun {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self.signal(nix::sys::signal::Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One query from the LAN host over `transport`.
+fn ask(lab: &Lab, server: SocketAddr, name: &str, rtype: RecordType, t: Transport) -> Message {
+    lab.lan()
+        .dns(
+            server,
+            dns_query(name, rtype, Some(edns(1232))),
+            t,
+            DNS_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("query {name} via {server}: {e}"))
+}
+
+/// Resolves `name` (A) through the proxy and returns the addresses.
+fn resolve(lab: &Lab, name: &str) -> Vec<IpAddr> {
+    let m = ask(lab, PROXY, name, RecordType::A, Transport::Udp);
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::NoError,
+        "{name}: {m:?}"
+    );
+    answer_addrs(&m)
+}
+
+/// LAN host → `dst`:80 (a server on the WAN host, which owns `dst`).
+fn connect(lab: &Lab, dst: IpAddr) -> Probe {
+    tcp(&lab.lan(), &lab.wan(), dst, 80)
+}
+
+/// Gives the WAN host more of its subnet's addresses (the zone points names at them).
+fn wan_owns(lab: &Lab, lasts: &[u8]) {
+    for last in lasts {
+        lab.wan()
+            .ip(&[
+                "addr",
+                "add",
+                &format!("198.51.100.{last}/24"),
+                "dev",
+                "eth0",
+            ])
+            .expect("add address to the WAN host");
+    }
+}
+
+#[test]
+fn resolve_then_connect_and_never_resolved_stays_blocked() {
+    let lab = lab();
+    let dns = lab.wan().dns_server(Zone::standard()).expect("upstream");
+    wan_owns(&lab, &[21]);
+    let ward = WardRun::start(
+        &lab,
+        &policy(
+            "",
+            "  - {id: web-ok, direction: egress, destination_fqdn: [ok.test, v6.test, short.test], protocol: tcp, destination_port: 80, action: accept}\n",
+        ),
+    );
+    assert_blocked(
+        &connect(&lab, wan(20)),
+        "ok.test's address before any answer",
+    );
+    assert_eq!(resolve(&lab, "ok.test."), vec![wan(20)]);
+    assert_pass(&connect(&lab, wan(20)), "ok.test's address once resolved");
+    assert_blocked(
+        &connect(&lab, wan(21)),
+        "short.test's address, listed but never resolved",
+    );
+    assert_blocked(
+        &tcp(&lab.lan(), &lab.wan(), wan(20), 81),
+        "the learned address on a port the rule does not allow",
+    );
+
+    // AAAA learns into the IPv6 set.
+    let m = ask(&lab, PROXY, "v6.test.", RecordType::AAAA, Transport::Udp);
+    let v6 = IpAddr::V6(addr::WAN_HOST6);
+    assert_eq!(answer_addrs(&m), vec![v6]);
+    assert_pass(&connect(&lab, v6), "v6.test's address once resolved");
+
+    // Over TCP too, and the Client Subnet a client sends never reaches the upstream.
+    let mut e = edns(1232);
+    e.options_mut()
+        .insert(hickory_proto::rr::rdata::opt::EdnsOption::Subnet(
+            hickory_proto::rr::rdata::opt::ClientSubnet::new(IpAddr::V4(addr::LAN_HOST), 24, 0),
+        ));
+    let m = lab
+        .lan()
+        .dns(
+            PROXY,
+            dns_query("short.test.", RecordType::A, Some(e)),
+            Transport::Tcp,
+            DNS_TIMEOUT,
+        )
+        .expect("TCP query with ECS");
+    assert_eq!(answer_addrs(&m), vec![wan(21)]);
+    assert!(
+        !dns.last_query_had_ecs(),
+        "ECS must be stripped before forwarding"
+    );
+    assert_pass(
+        &connect(&lab, wan(21)),
+        "short.test's address once resolved over TCP",
+    );
+
+    // NXDOMAIN passes through untouched.
+    let m = ask(&lab, PROXY, "nope.test.", RecordType::A, Transport::Udp);
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+
+    let out = ward.stop();
+    assert!(out.contains("success=3"), "{out}");
+    assert!(out.contains("nxdomain=1"), "{out}");
+    lab.down().unwrap();
+}
+
+#[test]
+fn wildcard_depth_subtree_and_cname_chain() {
+    let lab = lab();
+    let _dns = lab.wan().dns_server(Zone::standard()).expect("upstream");
+    wan_owns(&lab, &[22, 30, 31, 32, 40, 41, 42, 43]);
+    let ward = WardRun::start(
+        &lab,
+        &policy(
+            "",
+            "  - {id: one-label, direction: egress, destination_fqdn: \"*.wild.test\", protocol: tcp, destination_port: 80, action: accept}
+  - {id: subtree, direction: egress, destination_fqdn: .a.sub.test, protocol: tcp, destination_port: 80, action: accept}
+  - {id: chain, direction: egress, destination_fqdn: alias.test, protocol: tcp, destination_port: 80, action: accept}
+",
+        ),
+    );
+    for (name, last, allowed) in [
+        ("wild.test.", 30, false),     // the apex is not one label below
+        ("a.wild.test.", 31, true),    // exactly one label
+        ("a.b.wild.test.", 32, false), // two labels
+        ("sub.test.", 40, false),      // above the subtree
+        ("a.sub.test.", 41, true),     // the subtree's own name
+        ("b.a.sub.test.", 42, true),
+        ("c.b.a.sub.test.", 43, true),
+    ] {
+        assert_eq!(resolve(&lab, name), vec![wan(last)], "{name}");
+        let p = connect(&lab, wan(last));
+        if allowed {
+            assert_pass(&p, name);
+        } else {
+            assert_blocked(&p, name);
+        }
+    }
+    // alias.test → mid.test → end.test (A .22): the address at the end is allowed.
+    assert_eq!(resolve(&lab, "alias.test."), vec![wan(22)]);
+    assert_pass(
+        &connect(&lab, wan(22)),
+        "the end of alias.test's CNAME chain",
+    );
+    ward.stop();
+    lab.down().unwrap();
+}
+
+#[test]
+fn expiry_blocks_new_connections_but_not_established_ones() {
+    let lab = lab();
+    let _dns = lab.wan().dns_server(Zone::standard()).expect("upstream");
+    wan_owns(&lab, &[21]);
+    let ward = WardRun::start(
+        &lab,
+        &policy(
+            "",
+            "  - {id: short, direction: egress, destination_fqdn: short.test, protocol: tcp, destination_port: 7, action: accept}\n",
+        ),
+    );
+    let _echo = lab
+        .wan()
+        .tcp_echo_server(SocketAddr::new(wan(21), 7))
+        .expect("echo server");
+    // short.test has TTL 2 (min_ttl is 1 here).
+    assert_eq!(resolve(&lab, "short.test."), vec![wan(21)]);
+    let mut conn = lab
+        .lan()
+        .run(|| TcpStream::connect_timeout(&SocketAddr::new(wan(21), 7), TIMEOUT))
+        .expect("netns")
+        .expect("connect within the TTL");
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_blocked(
+        &lab.lan()
+            .tcp_probe(SocketAddr::new(wan(21), 7), TIMEOUT)
+            .expect("probe"),
+        "a new connection after the TTL expired",
+    );
+    conn.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    conn.write_all(b"still here")
+        .expect("write on the established connection");
+    let mut buf = [0u8; 10];
+    conn.read_exact(&mut buf)
+        .expect("the established connection keeps working after expiry");
+    assert_eq!(&buf, b"still here");
+    ward.stop();
+    lab.down().unwrap();
+}
+
+#[test]
+fn a_thousand_rounds_of_resolve_then_connect_immediately() {
+    const ROUNDS: u32 = 1000;
+    let lab = lab();
+    // Every round a name never seen before with an address never allowed before: 10.77.x.y,
+    // all of them local to the WAN host (AnyIP), routed there by the firewall.
+    let zone = (0..ROUNDS).fold(Zone::new("race.test."), |z, i| {
+        z.a(&format!("r{i}.race.test."), round_addr(i), 300)
+    });
+    let _dns = lab.wan().dns_server(zone).expect("upstream");
+    lab.wan()
+        .ip(&["route", "add", "local", "10.77.0.0/16", "dev", "lo"])
+        .expect("AnyIP on the WAN host");
+    lab.fw()
+        .ip(&["route", "add", "10.77.0.0/16", "via", "198.51.100.20"])
+        .expect("route to the WAN host's extra range");
+    let _srv = lab
+        .wan()
+        .tcp_server(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 80))
+        .expect("server");
+    let ward = WardRun::start(
+        &lab,
+        &policy(
+            "",
+            "  - {id: race, direction: egress, destination_fqdn: \"*.race.test\", protocol: tcp, destination_port: 80, action: accept}\n",
+        )
+        // One client asking as fast as it can: well over the default 100 a second.
+        .replace("upstream_dns:", "dns_qps_per_client: 100000\n  upstream_dns:"),
+    );
+    let failures = lab
+        .lan()
+        .run(|| {
+            let mut failures = Vec::new();
+            for i in 0..ROUNDS {
+                let name = format!("r{i}.race.test.");
+                let wire = dns_query(&name, RecordType::A, Some(edns(1232)));
+                let addrs = match dns_exchange(PROXY, &wire, Transport::Udp, DNS_TIMEOUT) {
+                    Ok(m) => answer_addrs(&m),
+                    Err(e) => {
+                        failures.push(format!("{name}: query: {e}"));
+                        continue;
+                    }
+                };
+                let Some(&dst) = addrs.first() else {
+                    failures.push(format!("{name}: no address"));
+                    continue;
+                };
+                if let Err(e) = TcpStream::connect_timeout(&SocketAddr::new(dst, 80), TIMEOUT) {
+                    failures.push(format!("{name} → {dst}: connect: {e}"));
+                }
+            }
+            failures
+        })
+        .expect("netns");
+    assert!(
+        failures.is_empty(),
+        "{} of {ROUNDS} rounds failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    ward.stop();
+    lab.down().unwrap();
+}
+
+fn round_addr(i: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, (i / 250) as u8, (i % 250 + 1) as u8)
+}
+
+#[test]
+fn truncated_answers_are_fetched_over_tcp() {
+    let lab = lab();
+    let _dns = lab.wan().dns_server(Zone::standard()).expect("upstream");
+    wan_owns(&lab, &[139]);
+    let ward = WardRun::start(
+        &lab,
+        &policy(
+            "",
+            "  - {id: big, direction: egress, destination_fqdn: big.test, protocol: tcp, destination_port: 80, action: accept}\n",
+        ),
+    );
+    // A classic query (no EDNS): the upstream truncates its 40-address answer over UDP.
+    let m = lab
+        .lan()
+        .dns(
+            PROXY,
+            dns_query("big.test.", RecordType::A, None),
+            Transport::Udp,
+            DNS_TIMEOUT,
+        )
+        .expect("UDP query");
+    assert!(
+        m.metadata.truncation,
+        "over 512 bytes: the UDP client is told to ask over TCP"
+    );
+    // ward fetched the whole answer over TCP and allowed all 40 addresses, the last included.
+    assert_pass(&connect(&lab, wan(139)), "the 40th address of big.test");
+    let m = lab
+        .lan()
+        .dns(
+            PROXY,
+            dns_query("big.test.", RecordType::A, None),
+            Transport::Tcp,
+            DNS_TIMEOUT,
+        )
+        .expect("TCP query");
+    assert_eq!(answer_addrs(&m).len(), 40);
+    let out = ward.stop();
+    assert!(out.contains("truncated_upgraded_to_tcp=2"), "{out}");
+    lab.down().unwrap();
+}
+
+#[test]
+fn rate_limit_and_unlisted_nxdomain() {
+    let lab = lab();
+    let dns = lab.wan().dns_server(Zone::standard()).expect("upstream");
+    let ward = WardRun::start(
+        &lab,
+        &policy(
+            "  unlisted: nxdomain\n",
+            "  - {id: web-ok, direction: egress, destination_fqdn: ok.test, protocol: tcp, destination_port: 80, action: accept}\n",
+        )
+        .replace("upstream_dns:", "dns_qps_per_client: 5\n  upstream_dns:"),
+    );
+    let before = dns.queries();
+    let m = ask(&lab, PROXY, "sub.test.", RecordType::A, Transport::Udp);
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "unlisted");
+    assert_eq!(
+        dns.queries(),
+        before,
+        "an unlisted name is answered locally"
+    );
+
+    // The bucket holds 5 and refills at 5 a second: of 20 quick queries, most are refused.
+    let codes: Vec<ResponseCode> = (0..20)
+        .map(|_| {
+            ask(&lab, PROXY, "ok.test.", RecordType::A, Transport::Udp)
+                .metadata
+                .response_code
+        })
+        .collect();
+    let refused = codes
+        .iter()
+        .filter(|c| **c == ResponseCode::ServFail)
+        .count();
+    let answered = codes
+        .iter()
+        .filter(|c| **c == ResponseCode::NoError)
+        .count();
+    assert_eq!(refused + answered, 20, "{codes:?}");
+    assert!((4..=8).contains(&answered), "{codes:?}");
+    assert!(
+        dns.queries() - before <= answered as u64,
+        "refused queries are not forwarded"
+    );
+    let out = ward.stop();
+    assert!(out.contains("blocked=1"), "{out}");
+    assert!(out.contains(&format!("rate_limited={refused}")), "{out}");
+    lab.down().unwrap();
+}
+
+#[test]
+fn queries_to_other_resolvers_are_intercepted() {
+    let lab = lab();
+    let _dns = lab.wan().dns_server(Zone::standard()).expect("upstream");
+    let ward = WardRun::start(
+        &lab,
+        &policy(
+            "",
+            "  - {id: web-ok, direction: egress, destination_fqdn: ok.test, protocol: tcp, destination_port: 80, action: accept}\n",
+        ),
+    );
+    // 203.0.113.53 exists nowhere: only the firewall's redirect can answer.
+    let elsewhere: SocketAddr = "203.0.113.53:53".parse().expect("addr");
+    for t in [Transport::Udp, Transport::Tcp] {
+        let m = ask(&lab, elsewhere, "ok.test.", RecordType::A, t);
+        assert_eq!(answer_addrs(&m), vec![wan(20)], "{t:?}");
+    }
+    assert_pass(
+        &connect(&lab, wan(20)),
+        "learned through the intercepted query",
+    );
+    ward.stop();
+    lab.down().unwrap();
+}
+
+#[test]
+fn upstream_failover_and_commit_failure() {
+    let lab = lab();
+    let _dns = lab.wan().dns_server(Zone::standard()).expect("upstream");
+    // The first upstream has no server: ward waits it out, then asks the second.
+    let yaml = policy(
+        "",
+        "  - {id: web-ok, direction: egress, destination_fqdn: ok.test, protocol: tcp, destination_port: 80, action: accept}\n",
+    )
+    .replace("upstream_dns: 198.51.100.20", "upstream_dns: [198.51.100.99, 198.51.100.20]");
+    let ward = WardRun::start(&lab, &yaml);
+    assert_eq!(resolve(&lab, "ok.test."), vec![wan(20)]);
+    assert_pass(&connect(&lab, wan(20)), "learned via the second upstream");
+
+    // With ward's table gone, nothing can be committed: the client gets SERVFAIL, never an
+    // answer whose addresses are not allowed.
+    let o = lab
+        .fw()
+        .exec("nft", &["delete", "table", "inet", "ward"])
+        .expect("nft");
+    assert!(o.status.success(), "{o:?}");
+    let m = ask(&lab, PROXY, "ok.test.", RecordType::A, Transport::Tcp);
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert!(answer_addrs(&m).is_empty());
+    let out = ward.stop();
+    assert!(out.contains("commit_failures=1"), "{out}");
+    assert!(out.contains("upstream_failures=1"), "{out}");
+    lab.down().unwrap();
+}
+
+#[test]
+fn kill_9_keeps_default_deny_and_a_restart_recovers() {
+    let lab = lab();
+    let _dns = lab.wan().dns_server(Zone::standard()).expect("upstream");
+    wan_owns(&lab, &[21]);
+    let yaml = policy(
+        "",
+        "  - {id: web, direction: egress, destination_fqdn: [ok.test, short.test], protocol: tcp, destination_port: 80, action: accept}\n",
+    );
+    let ward = WardRun::start(&lab, &yaml);
+    assert_eq!(resolve(&lab, "ok.test."), vec![wan(20)]);
+    assert_pass(&connect(&lab, wan(20)), "resolved while ward runs");
+    ward.kill9();
+
+    assert_blocked(
+        &connect(&lab, wan(21)),
+        "never resolved, proxy dead: default deny holds",
+    );
+    let dead = lab.lan().dns(
+        PROXY,
+        dns_query("short.test.", RecordType::A, Some(edns(1232))),
+        Transport::Udp,
+        Duration::from_millis(700),
+    );
+    assert!(dead.is_err(), "no proxy, no answer: {dead:?}");
+    assert_blocked(
+        &connect(&lab, wan(21)),
+        "still blocked after a failed query",
+    );
+
+    let ward = WardRun::start(&lab, &yaml);
+    assert_eq!(resolve(&lab, "short.test."), vec![wan(21)]);
+    assert_pass(&connect(&lab, wan(21)), "the restarted proxy learns again");
+    ward.stop();
+    lab.down().unwrap();
+}
