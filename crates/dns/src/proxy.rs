@@ -100,8 +100,10 @@ impl Proxy {
         for &addr in &config.listen {
             let ctx =
                 |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
-            udp.push(Arc::new(bind_udp(addr).map_err(ctx)?));
-            tcp.push(bind_tcp(addr).map_err(ctx)?);
+            let sock = bind_udp(addr).map_err(ctx)?;
+            // TCP on the same port, also when the config left the choice to the kernel.
+            tcp.push(bind_tcp(sock.local_addr()?).map_err(ctx)?);
+            udp.push(Arc::new(sock));
         }
         Ok(Proxy {
             shared: Arc::new(Shared {

@@ -1,0 +1,450 @@
+//! DNS upstream and load generator for `bench/dns.py` (needs root for `serve`).
+//!
+//! ```text
+//! dns_load serve --netns NS [--names N] [--ttl S]
+//!     An authoritative server (testlab's hickory server) on UDP/TCP port 53 in namespace NS,
+//!     zone bench.test. with N names n{i}.bench.test. -> 10.88.{i/256}.{i%256}. Prints "ready",
+//!     serves until its stdin closes, then prints {"queries": Q} (messages it received).
+//! dns_load load --server IP:PORT [--names N] [--duration S] (--rate QPS | --window W)
+//!     UDP A queries for the N names in turn, from one socket in the calling process's
+//!     namespace (run it with `ip netns exec`), for S seconds. Prints one JSON line.
+//!     --rate: open loop, QPS queries per second on a fixed schedule, whatever the replies;
+//!             afterwards up to 1 s for the last replies.
+//!     --window: closed loop, as fast as possible with W queries outstanding (peak qps).
+//! ```
+//!
+//! A reply counts as answered when it has the query's id and question, NOERROR, and the name's
+//! address in an A record; other replies are errors. A query unanswered after 1 s is a timeout
+//! (its reply, if it comes later, is counted as late). Latency is from just before send() to
+//! just after recv() returned the reply, in microseconds.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_proto::rr::RecordType;
+use socket2::{Domain, Protocol, Socket, Type};
+use testlab::{dns_query, Netns, Zone};
+
+/// Ids are 16 bits: at most this many queries can be told apart at once.
+const SLOTS: usize = 1 << 16;
+/// A query unanswered this long is given up on.
+const TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_NAMES: u32 = 1 << 16;
+
+fn name(i: u32) -> String {
+    format!("n{i}.bench.test.")
+}
+
+fn address(i: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, 88, (i >> 8) as u8, i as u8)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("serve") => Opts::parse(&args[1..]).and_then(|o| serve(&o)),
+        Some("load") => Opts::parse(&args[1..]).and_then(|o| load(&o)),
+        _ => Err("usage: dns_load serve --netns NS [--names N] [--ttl S]\n       \
+                  dns_load load --server IP:PORT [--names N] [--duration S] (--rate QPS | --window W)"
+            .to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dns_load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Opts {
+    netns: Option<String>,
+    server: Option<SocketAddr>,
+    names: u32,
+    ttl: u32,
+    duration: f64,
+    rate: Option<f64>,
+    window: Option<usize>,
+}
+
+impl Opts {
+    fn parse(args: &[String]) -> Result<Opts, String> {
+        let mut o = Opts {
+            netns: None,
+            server: None,
+            names: 10_000,
+            ttl: 300,
+            duration: 5.0,
+            rate: None,
+            window: None,
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let value = it
+                .next()
+                .ok_or_else(|| format!("{flag} needs a value"))?
+                .as_str();
+            let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
+            match flag.as_str() {
+                "--netns" => o.netns = Some(value.to_string()),
+                "--server" => o.server = Some(value.parse().map_err(|e| bad(&e))?),
+                "--names" => o.names = value.parse().map_err(|e| bad(&e))?,
+                "--ttl" => o.ttl = value.parse().map_err(|e| bad(&e))?,
+                "--duration" => o.duration = value.parse().map_err(|e| bad(&e))?,
+                "--rate" => o.rate = Some(value.parse().map_err(|e| bad(&e))?),
+                "--window" => o.window = Some(value.parse().map_err(|e| bad(&e))?),
+                _ => return Err(format!("unknown option {flag}")),
+            }
+        }
+        if o.names == 0 || o.names > MAX_NAMES {
+            return Err(format!("--names must be 1..={MAX_NAMES}"));
+        }
+        if !(o.duration > 0.0) {
+            return Err("--duration must be positive".into());
+        }
+        Ok(o)
+    }
+}
+
+fn serve(o: &Opts) -> Result<(), String> {
+    let ns = o.netns.as_deref().ok_or("serve needs --netns")?;
+    let zone = (0..o.names).fold(Zone::new("bench.test."), |z, i| {
+        z.a(&name(i), address(i), o.ttl)
+    });
+    let server = Netns::new(ns)
+        .dns_server(zone)
+        .map_err(|e| e.to_string())?;
+    println!("ready");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    // Until the parent closes our stdin (or exits).
+    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+    println!("{{\"queries\": {}}}", server.queries());
+    Ok(())
+}
+
+/// The queries (id 0, patched per send) and the answer each must contain.
+struct Queries {
+    wire: Vec<Vec<u8>>,
+    /// rdlength 4 followed by the name's address: how the A record's data looks on the wire.
+    rdata: Vec<[u8; 6]>,
+}
+
+impl Queries {
+    fn new(n: u32) -> Queries {
+        let wire = (0..n)
+            .map(|i| {
+                let mut q = dns_query(&name(i), RecordType::A, None);
+                q[0] = 0;
+                q[1] = 0;
+                q
+            })
+            .collect();
+        let rdata = (0..n)
+            .map(|i| {
+                let a = address(i).octets();
+                [0, 4, a[0], a[1], a[2], a[3]]
+            })
+            .collect();
+        Queries { wire, rdata }
+    }
+
+    fn len(&self) -> usize {
+        self.wire.len()
+    }
+
+    /// Whether `reply` correctly answers query `i`.
+    fn answers(&self, i: usize, reply: &[u8]) -> bool {
+        let q = &self.wire[i];
+        reply.len() > q.len()
+            && reply[2] & 0x80 != 0 // QR
+            && reply[3] & 0x0f == 0 // NOERROR
+            && u16::from_be_bytes([reply[6], reply[7]]) >= 1 // ANCOUNT
+            && reply[12..q.len()].eq_ignore_ascii_case(&q[12..])
+            && reply[q.len()..]
+                .windows(6)
+                .any(|w| w == self.rdata[i].as_slice())
+    }
+}
+
+fn socket(server: SocketAddr) -> Result<UdpSocket, String> {
+    let s = Socket::new(Domain::for_address(server), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|e| e.to_string())?;
+    // Room for bursts of replies while the receiver is descheduled (best effort).
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    let local: SocketAddr = match server {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    s.bind(&local.into()).map_err(|e| e.to_string())?;
+    s.connect(&server.into())
+        .map_err(|e| format!("connect {server}: {e}"))?;
+    Ok(s.into())
+}
+
+/// What one run saw.
+#[derive(Default)]
+struct Tally {
+    sent: u64,
+    answered: u64,
+    errors: u64,
+    timeouts: u64,
+    late: u64,
+    /// Latencies of the answered queries, nanoseconds.
+    lat: Vec<u64>,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.sent += other.sent;
+        self.answered += other.answered;
+        self.errors += other.errors;
+        self.timeouts += other.timeouts;
+        self.late += other.late;
+        self.lat.extend(other.lat);
+    }
+
+    fn print(mut self, mode: &str, target: f64, secs: f64, max_lag_us: u64) {
+        self.lat.sort_unstable();
+        let q = |p: f64| -> u64 {
+            if self.lat.is_empty() {
+                0
+            } else {
+                self.lat[((self.lat.len() - 1) as f64 * p).round() as usize] / 1000
+            }
+        };
+        println!(
+            "{{\"mode\": \"{mode}\", \"target\": {target}, \"secs\": {secs:.3}, \"sent\": {}, \
+             \"answered\": {}, \"errors\": {}, \"timeouts\": {}, \"late\": {}, \
+             \"qps\": {:.1}, \"p50_us\": {}, \"p90_us\": {}, \"p99_us\": {}, \"max_us\": {}, \
+             \"max_send_lag_us\": {max_lag_us}}}",
+            self.sent,
+            self.answered,
+            self.errors,
+            self.timeouts,
+            self.late,
+            self.answered as f64 / secs,
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(1.0),
+        );
+    }
+}
+
+/// Handles one received datagram; true if it settled an outstanding query.
+fn on_reply(
+    buf: &[u8],
+    now_ns: u64,
+    sent_at: &[AtomicU64],
+    name_of: &[AtomicU32],
+    queries: &Queries,
+    t: &mut Tally,
+) -> bool {
+    if buf.len() < 12 {
+        t.errors += 1;
+        return false;
+    }
+    let id = usize::from(u16::from_be_bytes([buf[0], buf[1]]));
+    let sent = sent_at[id].swap(0, Ordering::AcqRel);
+    if sent == 0 {
+        t.late += 1;
+        return false;
+    }
+    let i = name_of[id].load(Ordering::Acquire) as usize;
+    if queries.answers(i, buf) {
+        t.answered += 1;
+        t.lat.push(now_ns.saturating_sub(sent));
+    } else {
+        t.errors += 1;
+    }
+    true
+}
+
+fn load(o: &Opts) -> Result<(), String> {
+    let server = o.server.ok_or("load needs --server")?;
+    if let Some(ns) = &o.netns {
+        return Err(format!(
+            "run load inside the namespace with `ip netns exec {ns}` instead of --netns"
+        ));
+    }
+    let queries = Queries::new(o.names);
+    let sock = socket(server)?;
+    match (o.rate, o.window) {
+        (Some(rate), None) if rate > 0.0 => open_loop(sock, queries, rate, o.duration),
+        (None, Some(w)) if w > 0 && w < SLOTS / 2 => closed_loop(sock, &queries, w, o.duration),
+        _ => Err("give either --rate QPS (> 0) or --window W (1..32767)".into()),
+    }
+}
+
+/// A fixed send schedule (one sender thread, one receiver thread).
+fn open_loop(sock: UdpSocket, queries: Queries, rate: f64, secs: f64) -> Result<(), String> {
+    let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..SLOTS).map(|_| AtomicU64::new(0)).collect());
+    let name_of: Arc<Vec<AtomicU32>> = Arc::new((0..SLOTS).map(|_| AtomicU32::new(0)).collect());
+    let queries = Arc::new(queries);
+    let done = Arc::new(AtomicBool::new(false));
+    let epoch = Instant::now();
+    let ns = move || epoch.elapsed().as_nanos() as u64 + 1; // never 0: 0 means "free"
+
+    let rx = {
+        let sock = sock.try_clone().map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .map_err(|e| e.to_string())?;
+        let (sent_at, name_of, queries, done) =
+            (sent_at.clone(), name_of.clone(), queries.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut t = Tally::default();
+            let mut buf = vec![0u8; 4096];
+            let mut deadline = None;
+            loop {
+                match sock.recv(&mut buf) {
+                    Ok(n) => {
+                        on_reply(&buf[..n], ns(), &sent_at, &name_of, &queries, &mut t);
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    // ICMP port unreachable and the like: nobody listening (yet).
+                    Err(_) => t.errors += 1,
+                }
+                if done.load(Ordering::Acquire) {
+                    let d = *deadline.get_or_insert_with(|| Instant::now() + TIMEOUT);
+                    let idle = sent_at.iter().all(|s| s.load(Ordering::Acquire) == 0);
+                    if Instant::now() >= d || (idle && t.answered > 0) {
+                        break;
+                    }
+                }
+            }
+            t
+        })
+    };
+
+    // Sleeps end up to the timer slack late (50 us by default): ask for 1 us.
+    let _ = nix::sys::prctl::set_timerslack(1000);
+    let mut tx = Tally::default();
+    let interval = 1e9 / rate;
+    let total = (rate * secs).round() as u64;
+    let start_ns = ns();
+    let mut max_lag = 0u64;
+    let mut wire = vec![0u8; 512];
+    for seq in 0..total {
+        let due = start_ns + (seq as f64 * interval) as u64;
+        let now = ns();
+        if due > now {
+            std::thread::sleep(Duration::from_nanos(due - now));
+        } else {
+            max_lag = max_lag.max(now - due);
+        }
+        let id = (seq as usize) % SLOTS;
+        let i = (seq % queries.len() as u64) as usize;
+        let q = &queries.wire[i];
+        wire.clear();
+        wire.extend_from_slice(q);
+        wire[0..2].copy_from_slice(&(id as u16).to_be_bytes());
+        name_of[id].store(i as u32, Ordering::Release);
+        // A previous query still holding this id has been waiting 65536 / rate seconds.
+        if sent_at[id].swap(ns(), Ordering::AcqRel) != 0 {
+            tx.timeouts += 1;
+        }
+        if sock.send(&wire).is_err() {
+            sent_at[id].store(0, Ordering::Release);
+            tx.errors += 1;
+        }
+        tx.sent += 1;
+    }
+    let elapsed = (ns() - start_ns) as f64 / 1e9;
+    done.store(true, Ordering::Release);
+    let mut t = rx.join().map_err(|_| "receiver thread panicked")?;
+    t.timeouts += sent_at
+        .iter()
+        .filter(|s| s.load(Ordering::Acquire) != 0)
+        .count() as u64;
+    t.merge(tx);
+    t.print("rate", rate, elapsed.max(secs), max_lag / 1000);
+    Ok(())
+}
+
+/// As fast as the server answers, `window` queries outstanding (one thread).
+fn closed_loop(sock: UdpSocket, queries: &Queries, window: usize, secs: f64) -> Result<(), String> {
+    let sent_at: Vec<AtomicU64> = (0..SLOTS).map(|_| AtomicU64::new(0)).collect();
+    let name_of: Vec<AtomicU32> = (0..SLOTS).map(|_| AtomicU32::new(0)).collect();
+    sock.set_read_timeout(Some(Duration::from_millis(10)))
+        .map_err(|e| e.to_string())?;
+    let epoch = Instant::now();
+    let ns = || epoch.elapsed().as_nanos() as u64 + 1;
+    let end = ns() + (secs * 1e9) as u64;
+    let mut t = Tally::default();
+    // (id, send time) in send order, to find the queries that timed out.
+    let mut order: VecDeque<(usize, u64)> = VecDeque::with_capacity(window * 2);
+    let mut outstanding = 0usize;
+    let mut seq = 0u64;
+    let mut buf = vec![0u8; 4096];
+    let mut wire = vec![0u8; 512];
+    let start = ns();
+    loop {
+        let now = ns();
+        if now >= end {
+            break;
+        }
+        // Drop answered entries from the front; give up on the ones waiting too long.
+        while let Some(&(id, at)) = order.front() {
+            let cur = sent_at[id].load(Ordering::Relaxed);
+            if cur != at {
+                order.pop_front(); // answered (or the id was reused)
+            } else if now - at > TIMEOUT.as_nanos() as u64 {
+                sent_at[id].store(0, Ordering::Relaxed);
+                t.timeouts += 1;
+                outstanding -= 1;
+                order.pop_front();
+            } else {
+                break;
+            }
+        }
+        while outstanding < window {
+            let id = (seq as usize) % SLOTS;
+            let i = (seq % queries.len() as u64) as usize;
+            seq += 1;
+            if sent_at[id].load(Ordering::Relaxed) != 0 {
+                continue; // still outstanding from 64k queries ago; skip the id
+            }
+            wire.clear();
+            wire.extend_from_slice(&queries.wire[i]);
+            wire[0..2].copy_from_slice(&(id as u16).to_be_bytes());
+            name_of[id].store(i as u32, Ordering::Relaxed);
+            let at = ns();
+            sent_at[id].store(at, Ordering::Relaxed);
+            t.sent += 1;
+            if sock.send(&wire).is_err() {
+                sent_at[id].store(0, Ordering::Relaxed);
+                t.errors += 1;
+                continue;
+            }
+            order.push_back((id, at));
+            outstanding += 1;
+        }
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                if on_reply(&buf[..n], ns(), &sent_at, &name_of, queries, &mut t) {
+                    outstanding -= 1;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => t.errors += 1,
+        }
+    }
+    let elapsed = (ns() - start) as f64 / 1e9;
+    t.print("window", window as f64, elapsed, 0);
+    Ok(())
+}
