@@ -356,12 +356,13 @@ impl Shared {
         sock.connect(up).await?;
         sock.send(msg).await?;
         let deadline = tokio::time::Instant::now() + self.config.upstream_timeout;
-        let mut buf = vec![0u8; 65_535];
         loop {
-            let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf))
+            // As large as the client allows: an upstream honours the size the query advertises.
+            let mut buf = Vec::with_capacity(q.udp_limit);
+            tokio::time::timeout_at(deadline, sock.recv_buf(&mut buf))
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))??;
-            match wire::parse_reply(buf[..n].to_vec(), id, q) {
+            match wire::parse_reply(buf, id, q) {
                 Ok(reply) => return Ok(reply),
                 Err(e) => {
                     Stats::add(&self.stats.malformed_replies);

@@ -130,7 +130,10 @@ fn proxy(up: SocketAddr) -> Running {
 fn query(name: &str) -> Vec<u8> {
     let mut m = Message::query();
     m.metadata.id = 4321;
-    m.add_query(Query::query(Name::from_ascii(name).expect("name"), RecordType::A));
+    m.add_query(Query::query(
+        Name::from_ascii(name).expect("name"),
+        RecordType::A,
+    ));
     m.to_vec().expect("encode")
 }
 
@@ -170,7 +173,13 @@ fn hostile_client_messages_are_dropped_and_counted() {
     let s = UdpSocket::bind("127.0.0.1:0").expect("client");
     let mut reply_to_a_reply = query("ok.example.");
     reply_to_a_reply[2] |= 0x80; // QR: a response, not a query
-    for junk in [&b""[..], b"\x00", &[0xffu8; 12], &[0u8; 3000], &reply_to_a_reply] {
+    for junk in [
+        &b""[..],
+        b"\x00",
+        &[0xffu8; 12],
+        &[0u8; 3000],
+        &reply_to_a_reply,
+    ] {
         s.send_to(junk, p.addr).expect("send");
     }
     // Over TCP: a frame promising more than it sends, then a frame of garbage.

@@ -117,9 +117,7 @@ fn serve(o: &Opts) -> Result<(), String> {
     let zone = (0..o.names).fold(Zone::new("bench.test."), |z, i| {
         z.a(&name(i), address(i), o.ttl)
     });
-    let server = Netns::new(ns)
-        .dns_server(zone)
-        .map_err(|e| e.to_string())?;
+    let server = Netns::new(ns).dns_server(zone).map_err(|e| e.to_string())?;
     println!("ready");
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     // Until the parent closes our stdin (or exits).
@@ -173,8 +171,12 @@ impl Queries {
 }
 
 fn socket(server: SocketAddr) -> Result<UdpSocket, String> {
-    let s = Socket::new(Domain::for_address(server), Type::DGRAM, Some(Protocol::UDP))
-        .map_err(|e| e.to_string())?;
+    let s = Socket::new(
+        Domain::for_address(server),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )
+    .map_err(|e| e.to_string())?;
     // Room for bursts of replies while the receiver is descheduled (best effort).
     let _ = s.set_recv_buffer_size(4 << 20);
     let _ = s.set_send_buffer_size(4 << 20);
@@ -296,8 +298,12 @@ fn open_loop(sock: UdpSocket, queries: Queries, rate: f64, secs: f64) -> Result<
         let sock = sock.try_clone().map_err(|e| e.to_string())?;
         sock.set_read_timeout(Some(Duration::from_millis(20)))
             .map_err(|e| e.to_string())?;
-        let (sent_at, name_of, queries, done) =
-            (sent_at.clone(), name_of.clone(), queries.clone(), done.clone());
+        let (sent_at, name_of, queries, done) = (
+            sent_at.clone(),
+            name_of.clone(),
+            queries.clone(),
+            done.clone(),
+        );
         std::thread::spawn(move || {
             let mut t = Tally::default();
             let mut buf = vec![0u8; 4096];

@@ -3,10 +3,12 @@
 
 use crate::commands::{self, Failure, Result};
 use policy::{Direction, Protocol, Target};
+use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use testlab::{addr, Lab, LabSpec, Netns};
+use testlab::{addr, Lab, LabSpec, Netns, Transport, Zone};
 
 /// The policy the lab applies when no `--policy` is given (the file ships in examples/).
 const LAB_POLICY: &str = include_str!("../../../examples/lab.yaml");
@@ -158,12 +160,12 @@ fn cases() -> Vec<ProbeCase> {
             v4(addr::LAN_HOST),
         ),
         c(
-            "LAN → WAN udp/53",
+            "LAN → WAN udp/123",
             lan,
             wan,
             Kind::Udp,
             v4(addr::WAN_HOST),
-            53,
+            123,
             true,
             Direction::Egress,
             v4(addr::LAN_HOST),
@@ -371,18 +373,24 @@ pub fn demo(names: &LabNames, table: &str) -> Result {
             }
         }
     }
+    if failure.is_none() && names.policy.is_none() {
+        match dns_rows(&lab, &policy, table) {
+            Ok(r) => rows.extend(r),
+            Err(e) => failure = Some(e),
+        }
+    }
     let down = lab.down().map_err(lab_err);
     if let Some(f) = failure {
         return Err(f);
     }
     down?;
     println!(
-        "{:<36} {:<9} {:<40} deciding rule",
+        "{:<46} {:<9} {:<40} deciding rule",
         "probe", "expected", "observed"
     );
     for r in &rows {
         println!(
-            "{:<36} {:<9} {:<40} {}{}",
+            "{:<46} {:<9} {:<40} {}{}",
             r.what,
             r.expected,
             r.observed,
@@ -401,4 +409,141 @@ pub fn demo(names: &LabNames, table: &str) -> Result {
         rows.len()
     );
     Ok(())
+}
+
+/// The name the bundled policy allows by DNS (rule docs-by-name), served by the demo's DNS
+/// server on the WAN host, and the port the rule opens.
+const DEMO_NAME: &str = "docs.example.test";
+const DEMO_PORT: u16 = 8443;
+
+/// The DNS part of the demo: `ward run` serves the proxy in the firewall, and the LAN host
+/// connects to docs.example.test's address before and after resolving it.
+fn dns_rows(lab: &Lab, policy: &policy::Policy, table: &str) -> Result<Vec<Row>> {
+    let zone = Zone::new("example.test.").a(&format!("{DEMO_NAME}."), addr::WAN_HOST, 300);
+    let _dns = lab.wan().dns_server(zone).map_err(lab_err)?;
+    let file = std::env::temp_dir().join(format!("ward-lab-{}.yaml", std::process::id()));
+    std::fs::write(&file, LAB_POLICY)
+        .map_err(|e| Failure(format!("error: {}: {e}", file.display())))?;
+    let run = WardRun::start(&file, lab.fw().name(), table);
+    let _ = std::fs::remove_file(&file);
+    let _run = run?;
+
+    let target = SocketAddr::new(IpAddr::V4(addr::WAN_HOST), DEMO_PORT);
+    let _srv = lab.wan().tcp_server(target).map_err(lab_err)?;
+    let timeout = Duration::from_millis(800);
+    let connect = |what: &'static str, expect_pass: bool, by: Target| -> Result<Row> {
+        let probe = lab.lan().tcp_probe(target, timeout).map_err(lab_err)?;
+        let ex = policy::explain(
+            policy,
+            &policy::Probe {
+                src: IpAddr::V4(addr::LAN_HOST),
+                dst: by,
+                proto: Protocol::Tcp,
+                dport: Some(DEMO_PORT),
+                direction: Direction::Egress,
+                in_interface: None,
+                out_interface: None,
+                established: false,
+            },
+        );
+        let passed = probe.ok();
+        Ok(Row {
+            what,
+            expected: if expect_pass { "pass" } else { "blocked" },
+            observed: if passed {
+                "pass".into()
+            } else {
+                format!("blocked ({})", probe_kind(&probe))
+            },
+            rule: ex.verdict.rule_id.clone(),
+            ok: passed == expect_pass,
+        })
+    };
+    let resolve = |what: &'static str, server: IpAddr, rule: &str| -> Row {
+        let wire = testlab::dns_query(
+            &format!("{DEMO_NAME}."),
+            hickory_proto::rr::RecordType::A,
+            Some(testlab::edns(1232)),
+        );
+        let reply = lab
+            .lan()
+            .dns(SocketAddr::new(server, 53), wire, Transport::Udp, timeout);
+        let addrs = reply
+            .as_ref()
+            .map(testlab::answer_addrs)
+            .unwrap_or_default();
+        Row {
+            what,
+            expected: "answer",
+            observed: match (&reply, addrs.first()) {
+                (Ok(_), Some(a)) => format!("answer {a}"),
+                (Ok(m), None) => format!("no address ({})", m.metadata.response_code),
+                (Err(e), _) => format!("no answer ({e})"),
+            },
+            rule: rule.into(),
+            ok: addrs == [IpAddr::V4(addr::WAN_HOST)],
+        }
+    };
+    let ip = Target::Ip(IpAddr::V4(addr::WAN_HOST));
+    Ok(vec![
+        connect("LAN → docs.example.test tcp/8443, unresolved", false, ip)?,
+        resolve(
+            "LAN asks the firewall for docs.example.test",
+            IpAddr::V4(addr::FW_LAN),
+            "(DNS proxy)",
+        ),
+        resolve(
+            "LAN asks 203.0.113.53 for docs.example.test",
+            IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 53)),
+            "(intercepted to the proxy)",
+        ),
+        connect(
+            "LAN → docs.example.test tcp/8443, resolved",
+            true,
+            Target::Fqdn(DEMO_NAME.into()),
+        )?,
+    ])
+}
+
+/// `ward run` as a child process in the firewall's namespace, stopped when dropped. Its
+/// output stays connected until then, so the summary it prints on SIGTERM has somewhere to go.
+struct WardRun {
+    child: Child,
+    _out: Option<std::io::Lines<BufReader<std::process::ChildStdout>>>,
+}
+
+impl WardRun {
+    fn start(file: &Path, netns: &str, table: &str) -> Result<WardRun> {
+        let exe = std::env::current_exe()
+            .map_err(|e| Failure(format!("error: cannot find the ward binary: {e}")))?;
+        let mut child = Command::new(exe)
+            .args(["--table", table, "run"])
+            .arg(file)
+            .args(["--netns", netns])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| Failure(format!("error: cannot start ward run: {e}")))?;
+        let mut lines = child.stdout.take().map(|o| BufReader::new(o).lines());
+        let mut run = WardRun { child, _out: None };
+        let mut seen = String::new();
+        while let Some(Ok(line)) = lines.as_mut().and_then(|l| l.next()) {
+            if line.contains("ready") {
+                run._out = lines;
+                return Ok(run);
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        Err(Failure(format!(
+            "error: ward run stopped before serving:\n{seen}"
+        )))
+    }
+}
+
+impl Drop for WardRun {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
 }
