@@ -100,7 +100,8 @@ fn status_reads_back_what_apply_recorded() {
     for id in [
         "ssh-from-lan",
         "web-out",
-        "dns-out",
+        "ntp-out",
+        "docs-by-name",
         "web-server-in",
         "default-deny",
         "snat-0",

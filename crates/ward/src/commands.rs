@@ -139,7 +139,21 @@ pub fn check(file: &Path) -> Result {
 pub fn compile(file: &Path, table: &str, json: bool) -> Result {
     let l = load(file)?;
     let p = &l.checked.policy;
-    let compiled = nft::compile(p, &options(p, table, Some(table_comment(&l.sha256, None)))?);
+    let comment = Some(table_comment(&l.sha256, None));
+    // compile works anywhere, also away from the firewall whose LAN address the DNS proxy
+    // would listen on: then the listing leaves the proxy's rules out, and says so.
+    let opts = options(p, table, comment.clone()).unwrap_or_else(|Failure(why)| {
+        eprintln!(
+            "warning: {}; the DNS proxy's rules are left out of this listing",
+            why.trim_start_matches("error: ")
+        );
+        nft::Options {
+            table: table.to_string(),
+            comment,
+            ..nft::Options::default()
+        }
+    });
+    let compiled = nft::compile(p, &opts);
     if json {
         let out = serde_json::to_string_pretty(&compiled.replace_batch())
             .map_err(|e| Failure(e.to_string()))?;
