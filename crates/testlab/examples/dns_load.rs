@@ -105,7 +105,7 @@ impl Opts {
         if o.names == 0 || o.names > MAX_NAMES {
             return Err(format!("--names must be 1..={MAX_NAMES}"));
         }
-        if !(o.duration > 0.0) {
+        if o.duration.is_nan() || o.duration <= 0.0 {
             return Err("--duration must be positive".into());
         }
         Ok(o)
