@@ -1,0 +1,573 @@
+#!/usr/bin/env python3
+"""DNS proxy performance: `ward run`'s queries/second and added latency against dnsmasq
+(--nftset, no cache) and against the upstream itself, plus the learned-address set update
+latency and the memory of 1M learned addresses.
+
+Builds the lab (`ward lab --lan wbench-lan --fw wbench-fw --wan wbench-wan up`), runs an
+authoritative upstream in the WAN namespace and a load generator in the LAN namespace
+(`crates/testlab/examples/dns_load.rs`), and alternates, round by round, between
+  - ward run in the firewall (every answer committed into the rule's kernel set before release),
+  - dnsmasq in the firewall (--cache-size=0, --nftset into a kernel set, same upstream),
+  - the upstream queried straight from the LAN host (through the firewall's forwarding).
+Phase 1 measures each one's peak qps; phase 2 measures latency at half of ward's peak, the same
+rate for all three. Everything runs in namespaces `wbench-*`, removed at the end, also on
+failure or Ctrl-C. Needs root, nftables, iproute2, cargo; installs dnsmasq-base if missing.
+
+    sudo python3 bench/dns.py [--secs 3] [--lat-secs 5] [--rounds 3] [--names 10000]
+                              [--window 64] [--no-pin] [--no-build]
+"""
+
+import argparse
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.dont_write_bytecode = True  # keep bench/ free of __pycache__
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+from common import ROOT, median  # noqa: E402
+
+LAN, FW, WAN = "wbench-lan", "wbench-fw", "wbench-wan"
+PROXY = "192.168.50.1:53"       # dns.listen's default in the lab: the firewall's LAN address
+UPSTREAM = "198.51.100.20"      # the WAN host
+# dnsmasq's learned addresses go to a set in a table of its own; ward's table stays installed
+# (its input/output plumbing admits LAN → 192.168.50.1:53 and the firewall → upstream:53, which
+# is exactly dnsmasq's traffic too), so both proxies are filtered by the same ruleset.
+DM_TABLE, DM_SET = "wbench", "dns4"
+WARM_SECS = 2.0                 # before each proxy measurement: every name answered once
+WARM_WINDOW = 16
+
+TARGET_DIR = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target")
+REL = os.path.join(TARGET_DIR, "release")
+WARD = os.path.join(REL, "ward")
+DNS_LOAD = os.path.join(REL, "examples", "dns_load")
+SET_UPDATE = os.path.join(REL, "examples", "set_update_latency")
+CACHE_MEMORY = os.path.join(REL, "examples", "cache_memory")
+LAB = [WARD, "lab", "--lan", LAN, "--fw", FW, "--wan", WAN]
+
+# Every rule a gateway needs for the benchmark: the names under bench.test. learned through the
+# proxy (every answer is committed), and the LAN host allowed to query the upstream directly
+# for the baseline. intercept is off, or the direct queries would be redirected to the proxy.
+POLICY = f"""\
+defaults:
+  default_action: deny
+  input_action: deny
+  output_action: deny
+  upstream_dns: {UPSTREAM}
+  dns_qps_per_client: 1000000
+interfaces:
+  lan: [lan0]
+  wan: [wan0]
+dns:
+  intercept: false
+rules:
+  - {{id: direct-dns, direction: egress, source: 192.168.50.10, destination: {UPSTREAM}, protocol: udp, destination_port: 53, action: accept}}
+  - {{id: bench, direction: egress, destination_fqdn: "*.bench.test", protocol: tcp, destination_port: 443, action: accept}}
+"""
+
+PATHS = [  # (key, label)
+    ("direct", "upstream direct (baseline)"),
+    ("ward", "ward run"),
+    ("dnsmasq", "dnsmasq --nftset, no cache"),
+]
+
+_procs = []   # every long-running process this script started, stopped in cleanup()
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run(argv, check=True, **kw):
+    p = subprocess.run(argv, capture_output=True, text=True, **kw)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed (rc={p.returncode}):\n"
+                           f"{p.stdout[-1500:]}{p.stderr[-1500:]}")
+    return p
+
+
+def in_ns(ns, *argv):
+    return ["ip", "netns", "exec", ns, *argv]
+
+
+class Pinning:
+    """CPU placement: the proxy under test on one core, the upstream and the load generator
+    on the other (or nothing pinned)."""
+
+    def __init__(self, enabled):
+        self.enabled = enabled and (os.cpu_count() or 1) >= 2 and shutil.which("taskset")
+
+    def proxy(self):
+        return ["taskset", "-c", "1"] if self.enabled else []
+
+    def rest(self):
+        return ["taskset", "-c", "0"] if self.enabled else []
+
+    def describe(self):
+        if not self.enabled:
+            return "not pinned"
+        return "proxy on CPU 1; upstream and load generator on CPU 0"
+
+
+class Child:
+    """A long-running child whose output lines are collected by a thread."""
+
+    def __init__(self, argv, label, stdin=None):
+        self.label = label
+        self.p = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        _procs.append(self)
+        self.lines = queue.Queue()
+        self.seen = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, word, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                line = self.lines.get(timeout=max(left, 0.01))
+            except queue.Empty:
+                line = ""
+                if left <= 0:
+                    raise RuntimeError(f"{self.label} not ready after {timeout:.0f}s:\n"
+                                       + "\n".join(self.seen[-20:]))
+            if line is None:
+                self.p.wait()
+                raise RuntimeError(f"{self.label} exited (rc={self.p.returncode}) before "
+                                   f"'{word}':\n" + "\n".join(self.seen[-20:]))
+            if line:
+                self.seen.append(line)
+                if word in line:
+                    return
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=10.0):
+        """Signals the child (by its pid) and waits; returns everything it printed."""
+        if self.alive():
+            try:
+                self.p.send_signal(sig)
+                self.p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        if self in _procs:
+            _procs.remove(self)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            self.seen.append(line)
+        return self.seen
+
+    def peak_rss_mib(self):
+        try:
+            with open(f"/proc/{self.p.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024.0
+        except OSError:
+            pass
+        return None
+
+
+def stop_all():
+    for c in list(_procs):
+        if c.p.stdin:
+            try:
+                c.p.stdin.close()
+            except OSError:
+                pass
+        c.stop(timeout=5)
+
+
+# --------------------------------------------------------------------------- building blocks
+
+def build():
+    argv = ["cargo", "build", "--release", "--locked", "-p", "ward", "-p", "testlab", "-p", "nft",
+            "-p", "dns", "--bin", "ward", "--example", "dns_load",
+            "--example", "set_update_latency", "--example", "cache_memory"]
+    log(f"building: {' '.join(argv)} (target dir {TARGET_DIR})")
+    env = dict(os.environ, CARGO_TARGET_DIR=TARGET_DIR)
+    p = subprocess.run(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"cargo build failed:\n{p.stderr[-3000:]}")
+
+
+def ensure_dnsmasq():
+    if not shutil.which("dnsmasq"):
+        log("dnsmasq not found: apt-get install -y dnsmasq-base")
+        r = subprocess.run(["apt-get", "install", "-y", "dnsmasq-base"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if r.returncode != 0:
+            run(["apt-get", "update"])
+            run(["apt-get", "install", "-y", "dnsmasq-base"])
+    out = run(["dnsmasq", "--version"]).stdout
+    if " nftset" not in out:
+        raise RuntimeError(f"this dnsmasq has no nftset support:\n{out}")
+    return out.splitlines()[0]
+
+
+def set_update_latency(rounds):
+    out = run([SET_UPDATE, str(rounds)], timeout=600).stdout
+    res = {}
+    for m in re.finditer(r"(\d+) address(?:es)? per commit: p50\s+(\d+) us\s+p99\s+(\d+) us", out):
+        res[int(m.group(1))] = (int(m.group(2)), int(m.group(3)))
+    if 1 not in res:
+        raise RuntimeError(f"unexpected set_update_latency output:\n{out}")
+    return res, out.strip()
+
+
+def cache_memory(shape):
+    out = run([CACHE_MEMORY] + ([shape] if shape else []), timeout=600).stdout
+    after = re.search(r"RSS after:\s+([\d.]+) MiB", out)
+    cache = re.search(r"cache:\s+([\d.]+) MiB, (\d+) bytes per address", out)
+    count = re.search(r"^(\d+) addresses", out, re.M)
+    if not (after and cache and count):
+        raise RuntimeError(f"unexpected cache_memory output:\n{out}")
+    return {"rss_mib": float(after.group(1)), "cache_mib": float(cache.group(1)),
+            "bytes_per_addr": int(cache.group(2)), "addresses": int(count.group(1))}
+
+
+def cpu_busy(secs=1.0):
+    """Fraction of all CPUs' time spent busy over `secs` (what other processes use now)."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + v[4]  # idle + iowait
+        return sum(v) - idle, sum(v)
+    b0, t0 = sample()
+    time.sleep(secs)
+    b1, t1 = sample()
+    return (b1 - b0) / max(t1 - t0, 1)
+
+
+def rcvbuf_errors(ns):
+    """UDP datagrams the namespace dropped because a socket's receive buffer was full."""
+    text = run(in_ns(ns, "cat", "/proc/net/snmp")).stdout
+    rows = [ln.split()[1:] for ln in text.splitlines() if ln.startswith("Udp:")]
+    return int(dict(zip(rows[0], rows[1])).get("RcvbufErrors", 0))
+
+
+def set_elements(table, set_name):
+    p = run(in_ns(FW, "nft", "-j", "list", "set", "inet", table, set_name))
+    for obj in json.loads(p.stdout).get("nftables", []):
+        if "set" in obj:
+            return len(obj["set"].get("elem", []))
+    return 0
+
+
+class Bench:
+    def __init__(self, args, pin, policy_file):
+        self.args = args
+        self.pin = pin
+        self.policy_file = policy_file
+        self.ward_counters = {}
+        self.ward_rss = []
+        self.ward_sets = []
+        self.answered_total = 0
+        self.rcvbuf = {}    # proxy -> UDP datagrams dropped on full socket buffers in the fw
+
+    def load(self, server, secs, rate=None, window=None):
+        argv = in_ns(LAN, *self.pin.rest(), DNS_LOAD, "load", "--server", server,
+                     "--names", str(self.args.names), "--duration", str(secs))
+        argv += ["--rate", str(rate)] if rate else ["--window", str(window)]
+        p = run(argv, timeout=secs + 60)
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        if r["answered"] == 0:
+            raise RuntimeError(f"no answers from {server}: {r}")
+        self.answered_total += r["answered"]
+        return r
+
+    # ward run ------------------------------------------------------------------------------
+    def start_ward(self):
+        c = Child([*self.pin.proxy(), WARD, "run", self.policy_file, "--netns", FW], "ward run")
+        c.wait_for("ready")
+        return c
+
+    def stop_ward(self, c):
+        rss = c.peak_rss_mib()
+        learned = set_elements("ward", "fqdn4-bench")
+        lines = c.stop()
+        if c.p.returncode != 0:
+            raise RuntimeError(f"ward run exited with {c.p.returncode}:\n" + "\n".join(lines[-20:]))
+        counters = [ln for ln in lines if ln.startswith("DNS: ")]
+        if not counters:
+            raise RuntimeError("ward run printed no DNS counters:\n" + "\n".join(lines[-20:]))
+        for kv in counters[-1][5:].split():
+            k, _, v = kv.partition("=")
+            if k != "learned":
+                self.ward_counters[k] = self.ward_counters.get(k, 0) + int(v)
+        if rss is not None:
+            self.ward_rss.append(rss)
+        self.ward_sets.append(learned)
+
+    # dnsmasq -------------------------------------------------------------------------------
+    def start_dnsmasq(self):
+        argv = in_ns(FW, *self.pin.proxy(), "dnsmasq", "--keep-in-foreground",
+                     "--conf-file=/dev/null", "--no-hosts", "--no-resolv", "--pid-file",
+                     f"--server={UPSTREAM}", f"--listen-address={PROXY.split(':')[0]}",
+                     "--bind-interfaces", "--cache-size=0", "--dns-forward-max=4096",
+                     f"--nftset=/bench.test/4#inet#{DM_TABLE}#{DM_SET}", "--log-facility=-")
+        c = Child(argv, "dnsmasq")
+        c.wait_for("using nameserver")
+        return c
+
+    def stop_dnsmasq(self, c):
+        lines = c.stop()
+        bad = [ln for ln in lines if re.search(r"fail|error|Maximum number", ln, re.I)]
+        if bad:
+            log("  dnsmasq said: " + " | ".join(bad[:5]))
+
+    # one proxy measurement -----------------------------------------------------------------
+    def through(self, kind, *measures):
+        """Starts the proxy, warms it up, runs each measurement against it, stops it."""
+        start, stop = ((self.start_ward, self.stop_ward) if kind == "ward"
+                       else (self.start_dnsmasq, self.stop_dnsmasq))
+        c = start()
+        try:
+            self.load(PROXY, WARM_SECS, window=WARM_WINDOW)
+            before = rcvbuf_errors(FW)
+            rs = [m(PROXY) for m in measures]
+            self.rcvbuf[kind] = self.rcvbuf.get(kind, 0) + rcvbuf_errors(FW) - before
+        finally:
+            stop(c)
+        return rs
+
+
+def fmt_us(x):
+    return f"{x:,.0f}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--secs", type=float, default=3.0, help="seconds per peak measurement")
+    ap.add_argument("--lat-secs", type=float, default=5.0,
+                    help="seconds per fixed-rate latency measurement")
+    ap.add_argument("--rounds", type=int, default=3, help="repetitions (median)")
+    ap.add_argument("--names", type=int, default=10000,
+                    help="distinct names queried in turn (each its own address)")
+    ap.add_argument("--window", type=int, default=64,
+                    help="queries outstanding in the peak measurement")
+    ap.add_argument("--floor-rate", type=int, default=1000,
+                    help="also measure latency at this low rate, for the relay's floor on this "
+                         "machine (0: skip)")
+    ap.add_argument("--set-rounds", type=int, default=2000,
+                    help="commits measured by set_update_latency")
+    ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    ap.add_argument("--no-build", action="store_true", help="use the binaries as built")
+    args = ap.parse_args()
+
+    if os.geteuid() != 0:
+        sys.exit("must run as root (network namespaces, nftables)")
+    common.install_cleanup()
+    t_start = time.perf_counter()
+    for ns in (LAN, FW, WAN):
+        if os.path.exists(f"/run/netns/{ns}"):
+            sys.exit(f"namespace {ns} already exists (a previous run?); remove it with "
+                     f"`{' '.join(LAB)} down`")
+    if not args.no_build:
+        build()
+    busy_start = cpu_busy()
+    for path in (WARD, DNS_LOAD, SET_UPDATE, CACHE_MEMORY):
+        if not os.access(path, os.X_OK):
+            sys.exit(f"{path} not found: build it (or drop --no-build)")
+    dm_version = ensure_dnsmasq()
+    pin = Pinning(not args.no_pin)
+
+    log(f"set update latency ({args.set_rounds} commits of 1 and of 3 addresses)")
+    su, su_text = set_update_latency(args.set_rounds)
+    log("  " + su_text.replace("\n", "\n  "))
+    log("cache memory: 1M learned addresses, 250 per name and one per name")
+    mem = {"250 per name": cache_memory(None), "one per name": cache_memory("one-per-name")}
+    for shape, m in mem.items():
+        log(f"  {shape}: RSS {m['rss_mib']:.1f} MiB ({m['bytes_per_addr']} bytes per address)")
+
+    tmp = tempfile.mkdtemp(prefix="wbench-dns-")
+    policy_file = os.path.join(tmp, "policy.yaml")
+    with open(policy_file, "w") as f:
+        f.write(POLICY)
+    b = Bench(args, pin, policy_file)
+    peaks = {k: [] for k, _ in PATHS}
+    lats = {k: [] for k, _ in PATHS}
+    lows = {k: [] for k, _ in PATHS}
+    upstream_queries = None
+    dm_learned = 0
+    lab_up = False
+    rate = 0
+    try:
+        lab_up = True
+        run(LAB + ["--policy", policy_file, "up"])
+        run(in_ns(FW, "nft", "add", "table", "inet", DM_TABLE))
+        run(in_ns(FW, "nft", "add", "set", "inet", DM_TABLE, DM_SET,
+                  "{ type ipv4_addr; flags timeout; }"))
+        upstream = Child([*pin.rest(), DNS_LOAD, "serve", "--netns", WAN,
+                          "--names", str(args.names)], "upstream", stdin=subprocess.PIPE)
+        upstream.wait_for("ready")
+        up = f"{UPSTREAM}:53"
+        b.load(up, 1.0, window=WARM_WINDOW)   # warm-up: ARP, conntrack, caches
+
+        log(f"phase 1: peak qps, {args.window} queries outstanding, {args.secs:g} s, "
+            f"{args.rounds} rounds ({pin.describe()})")
+        for rnd in range(args.rounds):
+            peak = lambda server: b.load(server, args.secs, window=args.window)  # noqa: E731
+            res = {"ward": b.through("ward", peak)[0],
+                   "dnsmasq": b.through("dnsmasq", peak)[0], "direct": peak(up)}
+            for k, r in res.items():
+                peaks[k].append(r)
+            log(f"  round {rnd + 1}: " + ", ".join(
+                f"{k} {r['qps']:,.0f} qps" for k, r in res.items()))
+
+        rate = int(median([r["qps"] for r in peaks["ward"]]) / 2)
+        floor = f" and at {args.floor_rate:,} qps" if args.floor_rate else ""
+        log(f"phase 2: latency at {rate:,} qps (half of ward's median peak){floor}, "
+            f"{args.lat_secs:g} s each, {args.rounds} rounds")
+        fixed = lambda server: b.load(server, args.lat_secs, rate=rate)  # noqa: E731
+        low = lambda server: b.load(server, args.lat_secs, rate=args.floor_rate)  # noqa: E731
+        ms = (fixed, low) if args.floor_rate else (fixed,)
+        for rnd in range(args.rounds):
+            res = {"ward": b.through("ward", *ms), "dnsmasq": b.through("dnsmasq", *ms),
+                   "direct": [m(up) for m in ms]}
+            for k, rs in res.items():
+                lats[k].append(rs[0])
+                if args.floor_rate:
+                    lows[k].append(rs[1])
+            log(f"  round {rnd + 1}: " + ", ".join(
+                f"{k} p50 {rs[0]['p50_us']} p99 {rs[0]['p99_us']} us, lost "
+                f"{rs[0]['timeouts'] + rs[0]['errors']}" for k, rs in res.items()))
+        dm_learned = set_elements(DM_TABLE, DM_SET)
+
+        upstream.p.stdin.close()   # the server prints its query count and exits
+        try:
+            upstream.p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        lines = upstream.stop()
+        counts = [ln for ln in lines if ln.startswith("{")]
+        upstream_queries = json.loads(counts[-1])["queries"] if counts else None
+    finally:
+        stop_all()
+        if lab_up:
+            subprocess.run(LAB + ["down"], capture_output=True, check=False)
+            for ns in (LAN, FW, WAN):  # belt and braces
+                if os.path.exists(f"/run/netns/{ns}"):
+                    subprocess.run(["ip", "netns", "delete", ns], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+    busy_end = cpu_busy()
+
+    # ------------------------------------------------------------------------------- report
+    med = lambda rs, key: median([r[key] for r in rs])  # noqa: E731
+    base_qps = med(peaks["direct"], "qps")
+    base_p99 = med(lats["direct"], "p99_us")
+    hdr = (f"{'path':<27} | {'peak qps':>9} | {'vs upstream':>11} | {'p50 us':>7} | "
+           f"{'p99 us':>7} | {'added p50 us':>12} | {'added p99 us':>12} | {'lost':>5}")
+    print()
+    print(hdr)
+    print("-" * len(hdr))
+    for key, label in PATHS:
+        qps = med(peaks[key], "qps")
+        p50, p99 = med(lats[key], "p50_us"), med(lats[key], "p99_us")
+        lost = sum(r["timeouts"] + r["errors"] for r in lats[key])
+        added50 = "-" if key == "direct" else fmt_us(p50 - med(lats["direct"], "p50_us"))
+        added99 = "-" if key == "direct" else fmt_us(p99 - base_p99)
+        print(f"{label:<27} | {qps:>9,.0f} | {qps / base_qps:>10.2f}x | {fmt_us(p50):>7} | "
+              f"{fmt_us(p99):>7} | {added50:>12} | {added99:>12} | {lost:>5}")
+    sent_at_rate = sum(r["sent"] for r in lats["ward"])
+    print(f"(median of {args.rounds} rounds; peak: {args.window} queries outstanding for "
+          f"{args.secs:g} s; p50/p99: open loop at {rate:,} qps = half of ward's peak, "
+          f"{args.lat_secs:g} s, same rate on every path; lost = unanswered within 1 s or wrong, "
+          f"all rounds, of {sent_at_rate:,} sent per path; {args.names:,} names; "
+          f"{pin.describe()})")
+    if args.floor_rate:
+        lo99 = med(lows["direct"], "p99_us")
+        print(f"at {args.floor_rate:,} qps (what any relay adds on this machine): " + "; ".join(
+            f"{label.split(' ')[0]} p50 {fmt_us(med(lows[k], 'p50_us'))} / p99 "
+            f"{fmt_us(med(lows[k], 'p99_us'))} us"
+            + ("" if k == "direct" else
+               f" (added p99 {fmt_us(med(lows[k], 'p99_us') - lo99)})")
+            for k, label in PATHS))
+    for n, (p50, p99) in sorted(su.items()):
+        print(f"set update, {n} address{'es' if n > 1 else ''} per commit "
+              f"(nft SetWriter::commit, libnftables + kernel): p50 {p50} us, p99 {p99} us")
+    for shape, m in mem.items():
+        print(f"1M learned addresses, {shape}: process RSS {m['rss_mib']:.1f} MiB "
+              f"({m['rss_mib'] * 1.048576:.0f} MB; cache {m['bytes_per_addr']} bytes/address)")
+    print()
+    print("checks:")
+    c = b.ward_counters
+    print(f"  ward counters (all runs): " + " ".join(f"{k}={v}" for k, v in c.items()))
+    print(f"  ward's set fqdn4-bench at each stop: {sorted(set(b.ward_sets))} elements "
+          f"(of {args.names:,} names); ward run peak RSS: "
+          f"{max(b.ward_rss) if b.ward_rss else float('nan'):.1f} MiB")
+    print(f"  dnsmasq's set {DM_TABLE}/{DM_SET}: {dm_learned:,} elements; {dm_version}")
+    print("  UDP datagrams dropped on a full socket receive buffer in the firewall during the "
+          "measurements: " + ", ".join(f"{k} {v:,}" for k, v in b.rcvbuf.items()))
+    if upstream_queries is not None:
+        print(f"  upstream received {upstream_queries:,} queries for {b.answered_total:,} "
+              f"answers counted by the load generator (>= means nothing was answered from a "
+              f"cache)")
+    print(f"  CPU busy with other work: {busy_start:.0%} before the run, {busy_end:.0%} after"
+          + ("  (machine not quiet: numbers are disturbed)"
+             if max(busy_start, busy_end) > 0.05 else ""))
+
+    ward_qps, dm_qps = med(peaks["ward"], "qps"), med(peaks["dnsmasq"], "qps")
+    added = med(lats["ward"], "p99_us") - base_p99
+    su50 = su[1][0]
+    worst_mb = max(m["rss_mib"] for m in mem.values()) * 1.048576
+    checks_ok = (c.get("servfail", 0) == 0 and c.get("commit_failures", 0) == 0
+                 and c.get("rate_limited", 0) == 0 and all(n == args.names for n in b.ward_sets)
+                 and dm_learned == args.names
+                 and (upstream_queries is None or upstream_queries >= b.answered_total))
+    results = [
+        ("ward qps >= dnsmasq qps", ward_qps >= dm_qps,
+         f"{ward_qps:,.0f} vs {dm_qps:,.0f} = {ward_qps / dm_qps:.2f}x"),
+        (f"ward added p99 <= 1000 us at {rate:,} qps", added <= 1000,
+         f"{added:,.0f} us ({med(lats['ward'], 'p99_us'):,.0f} - {base_p99:,.0f})"),
+        ("set update median <= 200 us", su50 <= 200, f"{su50} us (1 address per commit)"),
+        ("1M learned addresses <= 256 MB", worst_mb <= 256,
+         f"{worst_mb:.0f} MB (the larger of the two shapes)"),
+    ]
+    print()
+    print("targets:")
+    for label, ok, detail in results:
+        print(f"  [{'PASS' if ok else 'FAIL'}] {label}: {detail}")
+    if not checks_ok:
+        print("  [FAIL] sanity checks above (counters, set sizes, upstream count)")
+    print()
+    print("raw runs:")
+    for key, label in PATHS:
+        print(f"  {label}: peak qps {[round(r['qps']) for r in peaks[key]]}, "
+              f"p50/p99/max us {[(r['p50_us'], r['p99_us'], r['max_us']) for r in lats[key]]}, "
+              f"lost {[r['timeouts'] + r['errors'] for r in lats[key]]}"
+              + (f", p50/p99 us at {args.floor_rate:,} qps "
+                 f"{[(r['p50_us'], r['p99_us']) for r in lows[key]]}" if args.floor_rate else ""))
+    print(f"\ntotal run time: {time.perf_counter() - t_start:.1f}s")
+    return 0 if all(ok for _, ok, _ in results) and checks_ok else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        stop_all()
+        sys.exit(130)
