@@ -1,17 +1,22 @@
-//! The one thread that owns the cache and the data plane's [`Learner`]: answers waiting to be
+//! The task that owns the cache and the data plane's [`Learner`]: answers waiting to be
 //! released queue here, every answer that arrived meanwhile joins one batch and one commit,
 //! and each waiting query learns the commit's result only once it is final.
+//!
+//! It runs on the proxy's own single-threaded event loop and commits inline (a libnftables
+//! transaction takes about 0.1 ms): no thread hand-off per answer, and while it commits, the
+//! next answers gather into the next batch. Measured against a separate commit thread, this
+//! cut both the CPU per query and the latency tail, the latter a lot on a busy core.
 
 use crate::cache::{Answer, Cache, Update};
 use crate::learner::Learner;
 use crate::matcher::Matcher;
 use crate::stats::Stats;
 use policy::DnsSettings;
+use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// Answers committed together at most; more wait for the next transaction.
 const MAX_BATCH: usize = 512;
@@ -24,7 +29,7 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 pub enum CommitFailed {
     #[error("the data plane refused the learned addresses: {0}")]
     Refused(String),
-    #[error("the learner thread has stopped")]
+    #[error("the committer has stopped")]
     Stopped,
 }
 
@@ -33,47 +38,25 @@ struct Job {
     done: oneshot::Sender<Result<(), CommitFailed>>,
 }
 
-/// The proxy's handle on the committer thread; cheap to clone.
+/// The proxy's handle on the committer; cheap to clone.
 #[derive(Clone)]
 pub struct Committer {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::UnboundedSender<Job>,
 }
 
 impl Committer {
-    /// Starts the thread. `make` builds the learner on that thread (so it may hold things that
-    /// cannot move between threads, like a libnftables context); its error is returned here.
-    /// The thread ends once every `Committer` clone is dropped.
-    pub fn spawn<L, F, E>(
+    /// The handle, and the task to run on the proxy's event loop (with
+    /// `tokio::task::LocalSet::spawn_local`: the learner, say a libnftables context, need not
+    /// move between threads). The task ends once every `Committer` clone is dropped.
+    pub fn new<L: Learner>(
         settings: &DnsSettings,
         matcher: Arc<Matcher>,
         stats: Arc<Stats>,
-        make: F,
-    ) -> Result<(Committer, JoinHandle<()>), String>
-    where
-        L: Learner,
-        F: FnOnce() -> Result<L, E> + Send + 'static,
-        E: std::fmt::Display,
-    {
-        let (jobs, rx) = mpsc::channel::<Job>();
-        let (ready_tx, ready) = mpsc::sync_channel(1);
+        learner: L,
+    ) -> (Committer, impl Future<Output = ()>) {
+        let (jobs, rx) = mpsc::unbounded_channel();
         let cache = Cache::new(settings);
-        let thread = std::thread::Builder::new()
-            .name("ward-dns-commit".into())
-            .spawn(move || match make() {
-                Ok(learner) => {
-                    let _ = ready_tx.send(Ok(()));
-                    run(rx, learner, cache, &matcher, &stats);
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e.to_string()));
-                }
-            })
-            .map_err(|e| format!("cannot start the DNS commit thread: {e}"))?;
-        match ready.recv() {
-            Ok(Ok(())) => Ok((Committer { jobs }, thread)),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err("the DNS commit thread died while starting".into()),
-        }
+        (Committer { jobs }, run(rx, learner, cache, matcher, stats))
     }
 
     /// Learns `answer` and returns once the data plane holds what it allows (or refused it).
@@ -86,27 +69,33 @@ impl Committer {
     }
 }
 
-fn run<L: Learner>(
-    jobs: mpsc::Receiver<Job>,
+async fn run<L: Learner>(
+    mut jobs: mpsc::UnboundedReceiver<Job>,
     mut learner: L,
     mut cache: Cache,
-    matcher: &Matcher,
-    stats: &Stats,
+    matcher: Arc<Matcher>,
+    stats: Arc<Stats>,
 ) {
     let epoch = Instant::now();
     let now_ms = || epoch.elapsed().as_millis() as u64;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut updates = Vec::new();
+    let mut tick = tokio::time::interval(EXPIRE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match jobs.recv_timeout(EXPIRE_EVERY) {
-            Ok(job) => batch.push(job),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
+        tokio::select! {
+            job = jobs.recv() => match job {
+                Some(job) => batch.push(job),
+                None => return,
+            },
+            _ = tick.tick() => {
                 cache.expire(now_ms());
                 stats.learned.store(cache.len() as u64, Relaxed);
                 continue;
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
+        // Let the replies that are already in hand reach the queue, so they join this batch.
+        tokio::task::yield_now().await;
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
                 Ok(job) => batch.push(job),
@@ -116,7 +105,7 @@ fn run<L: Learner>(
         let now = now_ms();
         updates.clear();
         for job in &batch {
-            updates.extend(cache.learn(now, &job.answer, matcher));
+            updates.extend(cache.learn(now, &job.answer, &matcher));
         }
         let result = learner.commit(&updates).map_err(|e| {
             Stats::add(&stats.commit_failures);
@@ -165,62 +154,85 @@ mod tests {
         }
     }
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
+    /// Runs `f` with a committer on a single-threaded loop, as the proxy does.
+    fn with_committer<L: Learner + 'static, T>(
+        learner: L,
+        stats: Arc<Stats>,
+        f: impl AsyncFnOnce(Committer) -> T,
+    ) -> T {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
-            .expect("runtime")
+            .expect("runtime");
+        let local = tokio::task::LocalSet::new();
+        let (c, task) = Committer::new(
+            &DnsSettings::default(),
+            Arc::new(matcher(&[&["example.com"]])),
+            stats,
+            learner,
+        );
+        local.spawn_local(task);
+        local.block_on(&rt, f(c))
     }
 
     #[test]
     fn commits_before_returning_and_reports_refusals() {
         let rec = Arc::new(Mutex::new(RecordingLearner::new()));
         let stats = Arc::new(Stats::default());
-        let shared = Shared(rec.clone());
-        let (c, _thread) = Committer::spawn(
-            &DnsSettings::default(),
-            Arc::new(matcher(&[&["example.com"]])),
-            stats.clone(),
-            move || Ok::<_, String>(shared),
-        )
-        .expect("spawn");
-        let rt = runtime();
-        rt.block_on(c.learn(answer("example.com", "192.0.2.1")))
-            .expect("committed");
-        assert_eq!(
-            rec.lock()
-                .expect("lock")
-                .updates()
-                .copied()
-                .collect::<Vec<_>>(),
-            vec![Update::Add {
-                rule: RuleIdx(0),
-                addr: "192.0.2.1".parse().expect("ip"),
-                ttl: Duration::from_secs(60)
-            }]
-        );
-        assert_eq!(stats.learned.load(Relaxed), 1);
+        let (r, st) = (rec.clone(), stats.clone());
+        with_committer(Shared(rec.clone()), stats.clone(), async move |c| {
+            c.learn(answer("example.com", "192.0.2.1"))
+                .await
+                .expect("committed");
+            assert_eq!(
+                r.lock()
+                    .expect("lock")
+                    .updates()
+                    .copied()
+                    .collect::<Vec<_>>(),
+                vec![Update::Add {
+                    rule: RuleIdx(0),
+                    addr: "192.0.2.1".parse().expect("ip"),
+                    ttl: Duration::from_secs(60)
+                }]
+            );
+            assert_eq!(st.learned.load(Relaxed), 1);
 
-        rec.lock().expect("lock").fail = true;
-        let err = rt.block_on(c.learn(answer("example.com", "192.0.2.2")));
-        assert!(matches!(err, Err(CommitFailed::Refused(_))), "{err:?}");
-        assert_eq!(stats.commit_failures.load(Relaxed), 1);
-        // The refused address was forgotten: only the first one is held.
-        assert_eq!(stats.learned.load(Relaxed), 1);
+            r.lock().expect("lock").fail = true;
+            let err = c.learn(answer("example.com", "192.0.2.2")).await;
+            assert!(matches!(err, Err(CommitFailed::Refused(_))), "{err:?}");
+            assert_eq!(st.commit_failures.load(Relaxed), 1);
+            // The refused address was forgotten: only the first one is held.
+            assert_eq!(st.learned.load(Relaxed), 1);
 
-        // Unmatched names commit an empty batch and still succeed.
-        rec.lock().expect("lock").fail = false;
-        rt.block_on(c.learn(answer("other.org", "192.0.2.3")))
-            .expect("nothing to learn");
+            // Unmatched names commit an empty batch and still succeed.
+            r.lock().expect("lock").fail = false;
+            c.learn(answer("other.org", "192.0.2.3"))
+                .await
+                .expect("nothing to learn");
+        });
     }
 
     #[test]
-    fn a_learner_that_cannot_start_is_reported() {
-        let r = Committer::spawn(
-            &DnsSettings::default(),
-            Arc::new(matcher(&[])),
-            Arc::new(Stats::default()),
-            || Err::<RecordingLearner, _>("no libnftables"),
-        );
-        assert_eq!(r.err().as_deref(), Some("no libnftables"));
+    fn answers_arriving_together_share_one_commit() {
+        let rec = Arc::new(Mutex::new(RecordingLearner::new()));
+        let r = rec.clone();
+        with_committer(Shared(rec), Arc::new(Stats::default()), async move |c| {
+            let tasks: Vec<_> = (1..=5)
+                .map(|i| {
+                    let c = c.clone();
+                    tokio::task::spawn_local(async move {
+                        c.learn(answer("example.com", &format!("192.0.2.{i}")))
+                            .await
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("task").expect("committed");
+            }
+        });
+        let commits = &r.lock().expect("lock").commits;
+        assert_eq!(commits.len(), 1, "{commits:?}");
+        assert_eq!(commits[0].len(), 5);
     }
 }

@@ -9,8 +9,9 @@
 //! - [`RateLimiter`]: `dns_qps_per_client`, per client address.
 //!
 //! - [`wire`]: DNS messages without sockets (query checks, ECS stripping, reply checks).
-//! - [`Committer`]: the thread that owns the cache and the learner, batching answers into one
-//!   commit each, and [`Proxy`]: the UDP / TCP sockets that forward and wait for it.
+//! - [`Committer`]: the task that owns the cache and the learner, batching answers into one
+//!   commit each, and [`Proxy`]: the UDP / TCP sockets that forward and wait for it. Both run
+//!   on one single-threaded event loop (as dnsmasq does): see `committer` for why.
 //!
 //! Not here: anything touching the kernel (the caller's `Learner` does), the policy's defaults
 //! that depend on the host (listen and upstream addresses are given).

