@@ -1,10 +1,14 @@
 //! DNS upstream and load generator for `bench/dns.py` (needs root for `serve`).
 //!
 //! ```text
-//! dns_load serve --netns NS [--names N] [--ttl S]
-//!     An authoritative server (testlab's hickory server) on UDP/TCP port 53 in namespace NS,
-//!     zone bench.test. with N names n{i}.bench.test. -> 10.88.{i/256}.{i%256}. Prints "ready",
+//! dns_load serve --netns NS [--names N] [--ttl S] [--engine fast|hickory]
+//!     An authoritative server on UDP/TCP port 53 (0.0.0.0 and [::]) in namespace NS, zone
+//!     bench.test. with N names n{i}.bench.test. -> 10.88.{i/256}.{i%256}. Prints "ready",
 //!     serves until its stdin closes, then prints {"queries": Q} (messages it received).
+//!     --engine fast (the default): answers from replies precomputed at start (see `Fast`),
+//!             a few microseconds of CPU per query, one blocking thread per socket;
+//!     --engine hickory: testlab's hickory-server (`Netns::dns_server`), the same answers byte
+//!             for byte at several times the CPU per query.
 //! dns_load load --server IP:PORT [--names N] [--duration S] (--rate QPS | --window W)
 //!     UDP A queries for the N names in turn, from one socket in the calling process's
 //!     namespace (run it with `ip netns exec`), for S seconds. Prints one JSON line.
@@ -18,9 +22,9 @@
 //! (its reply, if it comes later, is counted as late). Latency is from just before send() to
 //! just after recv() returned the reply, in microseconds.
 
-use std::collections::VecDeque;
-use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -49,7 +53,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("serve") => Opts::parse(&args[1..]).and_then(|o| serve(&o)),
         Some("load") => Opts::parse(&args[1..]).and_then(|o| load(&o)),
-        _ => Err("usage: dns_load serve --netns NS [--names N] [--ttl S]\n       \
+        _ => Err("usage: dns_load serve --netns NS [--names N] [--ttl S] [--engine fast|hickory]\n       \
                   dns_load load --server IP:PORT [--names N] [--duration S] (--rate QPS | --window W)"
             .to_string()),
     };
@@ -71,6 +75,8 @@ struct Opts {
     duration: f64,
     rate: Option<f64>,
     window: Option<usize>,
+    /// serve: the precomputed-reply server instead of hickory-server.
+    fast: bool,
 }
 
 impl Opts {
@@ -83,6 +89,7 @@ impl Opts {
             duration: 5.0,
             rate: None,
             window: None,
+            fast: true,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -99,6 +106,13 @@ impl Opts {
                 "--duration" => o.duration = value.parse().map_err(|e| bad(&e))?,
                 "--rate" => o.rate = Some(value.parse().map_err(|e| bad(&e))?),
                 "--window" => o.window = Some(value.parse().map_err(|e| bad(&e))?),
+                "--engine" => {
+                    o.fast = match value {
+                        "fast" => true,
+                        "hickory" => false,
+                        _ => return Err(bad(&"expected fast or hickory")),
+                    }
+                }
                 _ => return Err(format!("unknown option {flag}")),
             }
         }
@@ -114,16 +128,328 @@ impl Opts {
 
 fn serve(o: &Opts) -> Result<(), String> {
     let ns = o.netns.as_deref().ok_or("serve needs --netns")?;
-    let zone = (0..o.names).fold(Zone::new("bench.test."), |z, i| {
-        z.a(&name(i), address(i), o.ttl)
-    });
-    let server = Netns::new(ns).dns_server(zone).map_err(|e| e.to_string())?;
+    let queries: Box<dyn Fn() -> u64> = if o.fast {
+        let count = Arc::new(AtomicU64::new(0));
+        let zone = Arc::new(Fast::new(o.names, o.ttl));
+        let sockets = Netns::new(ns)
+            .run(bind_all)
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("binding port 53 in {ns}: {e}"))?;
+        for (udp, tcp) in sockets {
+            let (z, c) = (zone.clone(), count.clone());
+            std::thread::spawn(move || serve_udp(&udp, &z, &c));
+            let (z, c) = (zone.clone(), count.clone());
+            std::thread::spawn(move || serve_tcp(&tcp, &z, &c));
+        }
+        Box::new(move || count.load(Ordering::Relaxed))
+    } else {
+        let zone = (0..o.names).fold(Zone::new("bench.test."), |z, i| {
+            z.a(&name(i), address(i), o.ttl)
+        });
+        let server = Netns::new(ns).dns_server(zone).map_err(|e| e.to_string())?;
+        Box::new(move || server.queries())
+    };
     println!("ready");
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     // Until the parent closes our stdin (or exits).
     let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
-    println!("{{\"queries\": {}}}", server.queries());
+    println!("{{\"queries\": {}}}", queries());
     Ok(())
+}
+
+/// The wire form of an absolute dotted name (lower case as given).
+fn wire_name(dotted: &str) -> Vec<u8> {
+    let mut w = Vec::with_capacity(dotted.len() + 1);
+    for label in dotted.trim_end_matches('.').split('.') {
+        w.push(label.len() as u8);
+        w.extend_from_slice(label.as_bytes());
+    }
+    w.push(0);
+    w
+}
+
+const T_A: u16 = 1;
+const T_SOA: u16 = 6;
+const T_OPT: u16 = 41;
+const T_ANY: u16 = 255;
+const RCODE_FORMERR: u8 = 1;
+const RCODE_NXDOMAIN: u8 = 3;
+const RCODE_NOTIMP: u8 = 4;
+const RCODE_REFUSED: u8 = 5;
+
+/// The fast upstream: hickory-server's replies for zone bench.test., precomputed.
+///
+/// The benchmark's upstream must cost far less CPU than the proxies it is compared with (it
+/// shares a core with the load generator), yet give them exactly the replies hickory gives, so
+/// that they do the same work. The replies below were compared byte for byte with testlab's
+/// hickory server's. An A (or ANY) query for a zone name: flags QR AA, RD and CD copied from the
+/// query, the question as asked (case included), one A record with the owner written out in
+/// lower case (no compression), class IN, the zone's TTL. A query with EDNS: an OPT with payload
+/// max(512, the query's) and no flags is added (version > 0: BADVERS instead). Other types for a
+/// zone name, or at the apex: NOERROR, no answer, the SOA in the authority section (an SOA query
+/// at the apex: the SOA as the answer). Other names under bench.test.: NXDOMAIN with the SOA.
+/// Names elsewhere: REFUSED. Opcodes other than QUERY: NOTIMP. Not exactly one question:
+/// FORMERR. Responses and messages cut short: no reply. Unlike hickory, EDNS options are not
+/// checked (hickory answers a malformed one with FORMERR).
+struct Fast {
+    /// Lower-case wire name -> its A record as it follows the question in a reply.
+    answers: HashMap<Box<[u8]>, Box<[u8]>>,
+    /// `bench.test.` in wire form.
+    apex: Vec<u8>,
+}
+
+impl Fast {
+    fn new(names: u32, ttl: u32) -> Fast {
+        let answers = (0..names)
+            .map(|i| {
+                let owner = wire_name(&name(i));
+                let mut rr = owner.clone();
+                rr.extend_from_slice(&T_A.to_be_bytes());
+                rr.extend_from_slice(&1u16.to_be_bytes()); // IN
+                rr.extend_from_slice(&ttl.to_be_bytes());
+                rr.extend_from_slice(&4u16.to_be_bytes());
+                rr.extend_from_slice(&address(i).octets());
+                (owner.into_boxed_slice(), rr.into_boxed_slice())
+            })
+            .collect();
+        Fast {
+            answers,
+            apex: wire_name("bench.test."),
+        }
+    }
+
+    /// The zone's SOA record at offset `at` of the reply (its names point back to its owner).
+    fn soa(&self, out: &mut Vec<u8>) {
+        let at = out.len() as u16;
+        let ptr = (0xc000 | at).to_be_bytes();
+        out.extend_from_slice(&self.apex);
+        out.extend_from_slice(&T_SOA.to_be_bytes());
+        out.extend_from_slice(&1u16.to_be_bytes());
+        out.extend_from_slice(&300u32.to_be_bytes());
+        out.extend_from_slice(&38u16.to_be_bytes());
+        out.extend_from_slice(b"\x02ns");
+        out.extend_from_slice(&ptr);
+        out.extend_from_slice(b"\x0ahostmaster");
+        out.extend_from_slice(&ptr);
+        for v in [1u32, 3600, 600, 86400, 5] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+    }
+
+    /// Writes the reply to `q` into `out`; false if `q` gets none.
+    fn reply(&self, q: &[u8], out: &mut Vec<u8>) -> bool {
+        out.clear();
+        let be16 = |at: usize| u16::from_be_bytes([q[at], q[at + 1]]);
+        if q.len() < 12 || q[2] & 0x80 != 0 {
+            return false;
+        }
+        // QR, the query's opcode and RD; AA only where the zone answers.
+        let flags = 0x80 | (q[2] & 0x79);
+        let cd = q[3] & 0x10;
+        let header = |out: &mut Vec<u8>, aa: bool, rcode: u8, counts: [u16; 4]| {
+            out.extend_from_slice(&q[..2]);
+            out.push(flags | if aa { 0x04 } else { 0 });
+            out.push(cd | rcode);
+            for c in counts {
+                out.extend_from_slice(&c.to_be_bytes());
+            }
+        };
+        if be16(4) != 1 {
+            header(out, false, RCODE_FORMERR, [0; 4]);
+            return true;
+        }
+        // The question: uncompressed labels, then type and class.
+        let mut at = 12;
+        let mut starts = [0usize; 128];
+        let mut labels = 0;
+        loop {
+            let Some(&len) = q.get(at) else { return false };
+            if len == 0 {
+                at += 1;
+                break;
+            }
+            if len & 0xc0 != 0 || at + 1 + usize::from(len) - 12 > 254 {
+                header(out, false, RCODE_FORMERR, [0; 4]);
+                return true;
+            }
+            starts[labels] = at;
+            labels += 1;
+            at += 1 + usize::from(len);
+        }
+        let qname_end = at;
+        if q.len() < at + 4 {
+            return false;
+        }
+        let qtype = be16(at);
+        let question = &q[12..at + 4];
+        at += 4;
+        if (q[2] >> 3) & 0x0f != 0 {
+            header(out, false, RCODE_NOTIMP, [1, 0, 0, 0]);
+            out.extend_from_slice(question);
+            return true;
+        }
+        // EDNS: an OPT among the additional records (answer and authority must be empty).
+        let mut opt: Option<(u16, u8)> = None; // (payload, version)
+        if be16(6) != 0 || be16(8) != 0 {
+            header(out, false, RCODE_FORMERR, [0; 4]);
+            return true;
+        }
+        for _ in 0..be16(10) {
+            // Owner (the root for an OPT), type, class, TTL, rdata.
+            let mut owner_end = at;
+            while let Some(&len) = q.get(owner_end) {
+                owner_end += if len & 0xc0 == 0xc0 {
+                    2
+                } else {
+                    1 + usize::from(len)
+                };
+                if len == 0 || len & 0xc0 == 0xc0 {
+                    break;
+                }
+            }
+            if q.len() < owner_end + 10 {
+                return false;
+            }
+            let rtype = be16(owner_end);
+            let rdlen = usize::from(be16(owner_end + 8));
+            if rtype == T_OPT {
+                if opt.is_some() || owner_end != at + 1 || q[at] != 0 {
+                    header(out, false, RCODE_FORMERR, [0; 4]);
+                    return true;
+                }
+                opt = Some((be16(owner_end + 2), q[owner_end + 5]));
+            }
+            at = owner_end + 10 + rdlen;
+            if q.len() < at {
+                return false;
+            }
+        }
+        let with_opt = |out: &mut Vec<u8>| {
+            if let Some((payload, version)) = opt {
+                out.push(0);
+                out.extend_from_slice(&T_OPT.to_be_bytes());
+                out.extend_from_slice(&payload.max(512).to_be_bytes());
+                out.extend_from_slice(&[u8::from(version != 0), 0, 0, 0, 0, 0]);
+            }
+        };
+        let ar = u16::from(opt.is_some());
+        if matches!(opt, Some((_, v)) if v != 0) {
+            header(out, false, 0, [1, 0, 0, ar]);
+            out.extend_from_slice(question);
+            with_opt(out);
+            return true;
+        }
+
+        let mut lower = [0u8; 256];
+        let qname = &mut lower[..qname_end - 12];
+        // Length bytes are below 64, so lower-casing the whole wire name leaves them alone.
+        qname.copy_from_slice(&q[12..qname_end]);
+        qname.make_ascii_lowercase();
+        let qname = &*qname;
+        if let Some(rr) = self.answers.get(qname) {
+            if qtype == T_A || qtype == T_ANY {
+                header(out, true, 0, [1, 1, 0, ar]);
+                out.extend_from_slice(question);
+                out.extend_from_slice(rr);
+            } else {
+                header(out, true, 0, [1, 0, 1, ar]);
+                out.extend_from_slice(question);
+                self.soa(out);
+            }
+        } else if qname == self.apex.as_slice() {
+            let (an, ns) = if qtype == T_SOA { (1, 0) } else { (0, 1) };
+            header(out, true, 0, [1, an, ns, ar]);
+            out.extend_from_slice(question);
+            self.soa(out);
+        } else if starts[..labels]
+            .iter()
+            .any(|&s| &qname[s - 12..] == self.apex.as_slice())
+        {
+            header(out, true, RCODE_NXDOMAIN, [1, 0, 1, ar]);
+            out.extend_from_slice(question);
+            self.soa(out);
+        } else {
+            header(out, false, RCODE_REFUSED, [1, 0, 0, ar]);
+            out.extend_from_slice(question);
+        }
+        with_opt(out);
+        true
+    }
+}
+
+/// UDP and TCP on port 53 of 0.0.0.0 and of [::] (v6 only, as testlab's server binds them).
+fn bind_all() -> std::io::Result<Vec<(UdpSocket, TcpListener)>> {
+    let wildcards: [IpAddr; 2] = [Ipv4Addr::UNSPECIFIED.into(), Ipv6Addr::UNSPECIFIED.into()];
+    wildcards
+        .into_iter()
+        .map(|ip| {
+            let addr: SocketAddr = (ip, 53).into();
+            let bind = |ty: Type, proto: Protocol| -> std::io::Result<Socket> {
+                let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+                if ip.is_ipv6() {
+                    s.set_only_v6(true)?;
+                }
+                if ty == Type::STREAM {
+                    s.set_reuse_address(true)?;
+                } else {
+                    // Room for bursts while the server thread waits for the CPU (best effort).
+                    let _ = s.set_recv_buffer_size(4 << 20);
+                }
+                s.bind(&addr.into())?;
+                Ok(s)
+            };
+            let udp = bind(Type::DGRAM, Protocol::UDP)?;
+            let tcp = bind(Type::STREAM, Protocol::TCP)?;
+            tcp.listen(128)?;
+            Ok((udp.into(), tcp.into()))
+        })
+        .collect()
+}
+
+fn serve_udp(sock: &UdpSocket, zone: &Fast, count: &AtomicU64) {
+    let mut buf = vec![0u8; 65536];
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        if zone.reply(&buf[..n], &mut out) {
+            let _ = sock.send_to(&out, peer);
+        }
+    }
+}
+
+fn serve_tcp(listener: &TcpListener, zone: &Arc<Fast>, count: &Arc<AtomicU64>) {
+    for conn in listener.incoming().flatten() {
+        let (zone, count) = (zone.clone(), count.clone());
+        std::thread::spawn(move || serve_conn(conn, &zone, &count));
+    }
+}
+
+/// Length-prefixed messages, one reply each, until the client closes or idles for 10 s.
+fn serve_conn(mut conn: TcpStream, zone: &Fast, count: &AtomicU64) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut buf = vec![0u8; 65535];
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        let mut len = [0u8; 2];
+        if conn.read_exact(&mut len).is_err() {
+            return;
+        }
+        let msg = &mut buf[..usize::from(u16::from_be_bytes(len))];
+        if conn.read_exact(msg).is_err() {
+            return;
+        }
+        count.fetch_add(1, Ordering::Relaxed);
+        if zone.reply(msg, &mut out) {
+            let mut framed = (out.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&out);
+            if conn.write_all(&framed).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// The queries (id 0, patched per send) and the answer each must contain.
