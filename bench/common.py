@@ -108,6 +108,18 @@ def naive_ruleset(rules, last=()):
 _created = []
 
 
+def run(argv, check=True, **kw):
+    p = subprocess.run(argv, capture_output=True, text=True, **kw)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed (rc={p.returncode}):\n"
+                           f"{p.stdout[-1500:]}{p.stderr[-1500:]}")
+    return p
+
+
+def in_ns(ns, *argv):
+    return ["ip", "netns", "exec", ns, *argv]
+
+
 def ns_add(name):
     assert name.startswith(NS_PREFIX), name
     subprocess.run(["ip", "netns", "add", name], check=True)

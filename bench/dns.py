@@ -36,7 +36,7 @@ import time
 sys.dont_write_bytecode = True  # keep bench/ free of __pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from common import ROOT, median  # noqa: E402
+from common import ROOT, in_ns, median, run  # noqa: E402
 
 LAN, FW, WAN = "wbench-lan", "wbench-fw", "wbench-wan"
 PROXY = "192.168.50.1:53"       # dns.listen's default in the lab: the firewall's LAN address
@@ -93,18 +93,6 @@ _procs = []   # every long-running process this script started, stopped in clean
 
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
-
-
-def run(argv, check=True, **kw):
-    p = subprocess.run(argv, capture_output=True, text=True, **kw)
-    if check and p.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed (rc={p.returncode}):\n"
-                           f"{p.stdout[-1500:]}{p.stderr[-1500:]}")
-    return p
-
-
-def in_ns(ns, *argv):
-    return ["ip", "netns", "exec", ns, *argv]
 
 
 class Pinning:

@@ -25,7 +25,7 @@ import time
 sys.dont_write_bytecode = True  # keep bench/ free of __pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from common import WARD, median  # noqa: E402
+from common import WARD, in_ns, median, run  # noqa: E402
 
 LAN, FW, WAN = "wbench-lan", "wbench-fw", "wbench-wan"
 LAN_HOST, WAN_HOST = "192.168.50.10", "198.51.100.20"
@@ -41,18 +41,6 @@ ALLOW_RULE = (f'  - {{id: {ALLOW_ID}, direction: egress, source: {LAN_HOST}, pro
               f'destination_port: "{SINK_PORT}-{ACCEPT_PORT}", action: accept}}\n')
 ALLOW_NFT = (f"ip saddr {LAN_HOST} meta l4proto tcp th dport {SINK_PORT}-{ACCEPT_PORT} "
              f"counter accept")
-
-
-def run(argv, check=True, **kw):
-    p = subprocess.run(argv, capture_output=True, text=True, **kw)
-    if check and p.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed (rc={p.returncode}):\n"
-                           f"{p.stdout[-1500:]}{p.stderr[-1500:]}")
-    return p
-
-
-def in_ns(ns, *argv):
-    return ["ip", "netns", "exec", ns, *argv]
 
 
 def naive_present():

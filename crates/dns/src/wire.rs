@@ -47,8 +47,6 @@ pub enum Rejected {
 pub struct ClientQuery {
     /// The client's message id, restored on the reply.
     pub id: u16,
-    /// The question, exactly as asked.
-    pub question: Query,
     /// The question name as matched against the rules: lower case, no trailing dot. `None`
     /// when a label holds a dot or a byte outside printable ASCII: such a name could pass for
     /// another one in dotted text, so it never matches a rule and nothing is learned from it.
@@ -62,6 +60,13 @@ pub struct ClientQuery {
     pub udp_limit: usize,
     /// The parsed query, kept to build local replies.
     message: Message,
+}
+
+impl ClientQuery {
+    /// The question, exactly as asked ([`parse_query`] admits exactly one).
+    pub fn question(&self) -> &Query {
+        &self.message.queries[0]
+    }
 }
 
 /// An upstream's reply to a [`ClientQuery`].
@@ -123,11 +128,9 @@ pub fn parse_query(bytes: &[u8]) -> Result<ClientQuery, Rejected> {
     } else {
         bytes.to_vec()
     };
-    let question = message.queries[0].clone();
     Ok(ClientQuery {
         id: message.metadata.id,
-        name: name_text(&question.name),
-        question,
+        name: name_text(&message.queries[0].name),
         forward,
         ecs_stripped,
         udp_limit,
@@ -149,7 +152,7 @@ pub fn parse_reply(bytes: Vec<u8>, sent_id: u16, query: &ClientQuery) -> Result<
         });
     }
     // Error replies may leave the question out; any other reply must echo it.
-    let q = &query.question;
+    let q = query.question();
     let echoed = match message.queries.as_slice() {
         [] => meta.response_code != ResponseCode::NoError,
         [r] => {
@@ -442,7 +445,7 @@ mod tests {
         assert_eq!(m.metadata.message_type, MessageType::Response);
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
         assert!(m.metadata.recursion_desired);
-        assert_eq!(m.queries, vec![q.question.clone()]);
+        assert_eq!(m.queries, vec![q.question().clone()]);
         assert!(m.edns.is_some());
 
         let full = reply_to(&bytes, 9, vec![], false);

@@ -566,6 +566,35 @@ impl Tally {
     }
 }
 
+/// Waits for one datagram (up to the socket's read timeout) and handles it; true if it settled
+/// an outstanding query.
+fn receive(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    now_ns: impl Fn() -> u64,
+    sent_at: &[AtomicU64],
+    name_of: &[AtomicU32],
+    queries: &Queries,
+    t: &mut Tally,
+) -> bool {
+    match sock.recv(buf) {
+        Ok(n) => on_reply(&buf[..n], now_ns(), sent_at, name_of, queries, t),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            false
+        }
+        // ICMP port unreachable and the like: nobody listening (yet).
+        Err(_) => {
+            t.errors += 1;
+            false
+        }
+    }
+}
+
 /// Handles one received datagram; true if it settled an outstanding query.
 fn on_reply(
     buf: &[u8],
@@ -635,18 +664,7 @@ fn open_loop(sock: UdpSocket, queries: Queries, rate: f64, secs: f64) -> Result<
             let mut buf = vec![0u8; 4096];
             let mut deadline = None;
             loop {
-                match sock.recv(&mut buf) {
-                    Ok(n) => {
-                        on_reply(&buf[..n], ns(), &sent_at, &name_of, &queries, &mut t);
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
-                    // ICMP port unreachable and the like: nobody listening (yet).
-                    Err(_) => t.errors += 1,
-                }
+                receive(&sock, &mut buf, ns, &sent_at, &name_of, &queries, &mut t);
                 if done.load(Ordering::Acquire) {
                     let d = *deadline.get_or_insert_with(|| Instant::now() + TIMEOUT);
                     let idle = sent_at.iter().all(|s| s.load(Ordering::Acquire) == 0);
@@ -762,18 +780,8 @@ fn closed_loop(sock: UdpSocket, queries: &Queries, window: usize, secs: f64) -> 
             order.push_back((id, at));
             outstanding += 1;
         }
-        match sock.recv(&mut buf) {
-            Ok(n) => {
-                if on_reply(&buf[..n], ns(), &sent_at, &name_of, queries, &mut t) {
-                    outstanding -= 1;
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => t.errors += 1,
+        if receive(&sock, &mut buf, ns, &sent_at, &name_of, queries, &mut t) {
+            outstanding -= 1;
         }
     }
     let elapsed = (ns() - start) as f64 / 1e9;

@@ -4,32 +4,22 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use common::*;
 use hickory_proto::op::{Edns, Message, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME};
 use hickory_proto::rr::{Name, RData, RecordType};
-use testlab::{addr, LabError, Netns, Probe, Zone, DNS_PORT};
+use testlab::{addr, LabError, Netns, Probe, Transport, Zone, DNS_PORT};
 
 fn query(name: &str, rtype: RecordType, edns: Option<Edns>) -> Vec<u8> {
-    let mut msg = Message::query();
-    msg.add_query(hickory_proto::op::Query::query(
-        Name::from_ascii(name).expect("test name parses"),
-        rtype,
-    ));
-    if let Some(edns) = edns {
-        msg.set_edns(edns);
-    }
-    msg.to_vec().expect("query encodes")
+    testlab::dns_query(name, rtype, edns)
 }
 
 /// An EDNS OPT with a large buffer, optionally carrying a Client Subnet option.
 fn edns(ecs: bool) -> Edns {
-    let mut edns = Edns::new();
-    edns.set_max_payload(4096);
+    let mut edns = testlab::edns(4096);
     if ecs {
         let subnet = ClientSubnet::new(addr::LAN_HOST.into(), 24, 0);
         edns.options_mut().insert(EdnsOption::Subnet(subnet));
@@ -39,37 +29,14 @@ fn edns(ecs: bool) -> Edns {
 
 /// Sends one query from inside `ns` (no resends: the server's query count stays exact).
 fn udp(ns: &Netns, server: SocketAddr, wire: Vec<u8>) -> Message {
-    ns.run(move || {
-        let bind: SocketAddr = match server {
-            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
-        let sock = UdpSocket::bind(bind).expect("bind UDP client");
-        sock.set_read_timeout(Some(T)).expect("set timeout");
-        sock.send_to(&wire, server).expect("send UDP query");
-        let mut buf = vec![0u8; 65535];
-        let (n, from) = sock.recv_from(&mut buf).expect("UDP answer within 3 s");
-        assert_eq!(from, server, "answer from the address queried");
-        Message::from_vec(&buf[..n]).expect("UDP answer parses")
-    })
-    .expect("run in namespace")
+    ns.dns(server, wire, Transport::Udp, T)
+        .expect("UDP answer within 3 s")
 }
 
 /// One query over TCP (RFC 1035 §4.2.2: two-byte length prefix) from inside `ns`.
 fn tcp(ns: &Netns, server: SocketAddr, wire: Vec<u8>) -> Message {
-    ns.run(move || {
-        let mut s = TcpStream::connect_timeout(&server, T).expect("TCP connect to DNS server");
-        s.set_read_timeout(Some(T)).expect("set timeout");
-        let len = u16::try_from(wire.len()).expect("query fits");
-        s.write_all(&len.to_be_bytes()).expect("write length");
-        s.write_all(&wire).expect("write query");
-        let mut len = [0u8; 2];
-        s.read_exact(&mut len).expect("read answer length");
-        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        s.read_exact(&mut buf).expect("read answer");
-        Message::from_vec(&buf).expect("TCP answer parses")
-    })
-    .expect("run in namespace")
+    ns.dns(server, wire, Transport::Tcp, T)
+        .expect("TCP answer within 3 s")
 }
 
 /// (owner, ttl, data) of every answer record, for whole-section comparisons.

@@ -311,36 +311,59 @@ fn run_case(
         (Kind::Ping, IpAddr::V4(_)) => Protocol::Icmp,
         (Kind::Ping, IpAddr::V6(_)) => Protocol::Icmpv6,
     };
-    let ex = policy::explain(
+    // After DNAT the filter sees the inside port.
+    let dport = Some(listen.port()).filter(|p| *p != 0);
+    let rule = deciding_rule(
         policy,
-        &policy::Probe {
-            src: c.src,
-            dst: Target::Ip(c.filter_dst),
-            proto,
-            // After DNAT the filter sees the inside port.
-            dport: Some(listen.port()).filter(|p| *p != 0),
-            direction: c.direction,
-            in_interface: None,
-            out_interface: None,
-            established: false,
-        },
+        c.src,
+        Target::Ip(c.filter_dst),
+        proto,
+        dport,
+        c.direction,
     );
-    let passed = probe.ok();
-    let mut observed = if passed {
-        "pass".to_string()
-    } else {
-        format!("blocked ({})", probe_kind(&probe))
-    };
+    let mut row = traffic_row(c.what, c.expect_pass, &probe, rule);
     if let testlab::Probe::Connected { seen_as: Some(a) } = &probe {
-        observed.push_str(&format!(", server saw {}", a.ip()));
+        row.observed.push_str(&format!(", server saw {}", a.ip()));
     }
-    Ok(Row {
-        what: c.what,
-        expected: if c.expect_pass { "pass" } else { "blocked" },
-        observed,
-        rule: ex.verdict.rule_id.clone(),
-        ok: passed == c.expect_pass,
-    })
+    Ok(row)
+}
+
+/// The rule that decides a new flow like this one, according to `explain`.
+fn deciding_rule(
+    policy: &policy::Policy,
+    src: IpAddr,
+    dst: Target,
+    proto: Protocol,
+    dport: Option<u16>,
+    direction: Direction,
+) -> String {
+    let probe = policy::Probe {
+        src,
+        dst,
+        proto,
+        dport,
+        direction,
+        in_interface: None,
+        out_interface: None,
+        established: false,
+    };
+    policy::explain(policy, &probe).verdict.rule_id
+}
+
+/// A row for a traffic probe: what it saw against what the policy says.
+fn traffic_row(what: &'static str, expect_pass: bool, probe: &testlab::Probe, rule: String) -> Row {
+    let passed = probe.ok();
+    Row {
+        what,
+        expected: if expect_pass { "pass" } else { "blocked" },
+        observed: if passed {
+            "pass".into()
+        } else {
+            format!("blocked ({})", probe_kind(probe))
+        },
+        rule,
+        ok: passed == expect_pass,
+    }
 }
 
 fn probe_kind(p: &testlab::Probe) -> &'static str {
@@ -433,31 +456,15 @@ fn dns_rows(lab: &Lab, policy: &policy::Policy, table: &str) -> Result<Vec<Row>>
     let timeout = Duration::from_millis(800);
     let connect = |what: &'static str, expect_pass: bool, by: Target| -> Result<Row> {
         let probe = lab.lan().tcp_probe(target, timeout).map_err(lab_err)?;
-        let ex = policy::explain(
+        let rule = deciding_rule(
             policy,
-            &policy::Probe {
-                src: IpAddr::V4(addr::LAN_HOST),
-                dst: by,
-                proto: Protocol::Tcp,
-                dport: Some(DEMO_PORT),
-                direction: Direction::Egress,
-                in_interface: None,
-                out_interface: None,
-                established: false,
-            },
+            IpAddr::V4(addr::LAN_HOST),
+            by,
+            Protocol::Tcp,
+            Some(DEMO_PORT),
+            Direction::Egress,
         );
-        let passed = probe.ok();
-        Ok(Row {
-            what,
-            expected: if expect_pass { "pass" } else { "blocked" },
-            observed: if passed {
-                "pass".into()
-            } else {
-                format!("blocked ({})", probe_kind(&probe))
-            },
-            rule: ex.verdict.rule_id.clone(),
-            ok: passed == expect_pass,
-        })
+        Ok(traffic_row(what, expect_pass, &probe, rule))
     };
     let resolve = |what: &'static str, server: IpAddr, rule: &str| -> Row {
         let wire = testlab::dns_query(
