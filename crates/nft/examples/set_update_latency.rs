@@ -20,7 +20,8 @@ fn main() {
         let policy = policy::parse_str(POLICY, "bench.yaml")
             .expect("policy")
             .policy;
-        nft::live::replace(&s, &nft::compile(&policy, &nft::Options::default())).expect("apply");
+        let c = nft::compile(&policy, &nft::Options::default());
+        nft::live::install(&s, &nft::render::Parts::of(&c)).expect("apply");
         let w = SetWriter::new("ward");
         let mut one = Vec::with_capacity(rounds);
         let mut four = Vec::with_capacity(rounds);

@@ -12,7 +12,8 @@ use policy::{
     Action, Direction, Nat as NatPolicy, Policy, PortRange, Protocol, Rule as PolicyRule, SnatTo,
     Topology,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 pub const FAMILY: &str = "inet";
@@ -124,6 +125,7 @@ pub fn compile(policy: &Policy, opts: &Options) -> Compiled {
     let mut c = Compiler {
         opts,
         sets: Vec::new(),
+        fixed_sets: HashSet::new(),
         chains: Vec::new(),
         stats: Stats::default(),
     };
@@ -132,6 +134,7 @@ pub fn compile(policy: &Policy, opts: &Options) -> Compiled {
     c.filter_chains(policy);
     c.nat_chains(&policy.nat, &policy.topology());
     c.info_chain();
+    c.hoist_anonymous_sets();
     Compiled {
         table: Table {
             family: FAMILY,
@@ -155,6 +158,8 @@ fn log_chain_name(rule_id: &str) -> String {
 struct Compiler<'o> {
     opts: &'o Options,
     sets: Vec<Set>,
+    /// Names of the sets whose elements the policy fixes (see `add_fixed_set`).
+    fixed_sets: HashSet<String>,
     chains: Vec<(Chain, Vec<Rule>)>,
     stats: Stats,
 }
@@ -177,6 +182,61 @@ impl Compiler<'_> {
             expr,
             comment: comment.map(str::to_string),
         }
+    }
+
+    /// Adds a set (or map) whose elements the policy fixes, named `PREFIX-HASH` after its
+    /// content, and returns the name. Identical content gets the same name, in this table and
+    /// in the one installed before it: `live::install` keeps such a set as it is and creates
+    /// only sets with new names, in a transaction of their own before the rules that use them
+    /// (the kernel can show rules before the elements of a set created with them).
+    fn add_fixed_set(&mut self, prefix: &str, mut set: Set) -> String {
+        set.name.clear();
+        let json = serde_json::to_vec(&set).unwrap_or_default();
+        set.name = format!("{prefix}-{}", hex::encode(&Sha256::digest(json)[..6]));
+        let name = set.name.clone();
+        if self.fixed_sets.insert(name.clone()) {
+            self.sets.push(set);
+        }
+        name
+    }
+
+    /// Turns every set of values written into a rule (`tcp dport { 22, 80 }`) into a named
+    /// set (`add_fixed_set`), for the same reason: an anonymous set is created with its rule.
+    fn hoist_anonymous_sets(&mut self) {
+        let mut chains = std::mem::take(&mut self.chains);
+        for (chain, rules) in &mut chains {
+            for stmt in rules.iter_mut().flat_map(|r| r.expr.iter_mut()) {
+                let Stmt::Match { left, right, .. } = stmt else {
+                    continue;
+                };
+                let Expr::Named(Named::Set(items)) = right else {
+                    continue;
+                };
+                let Some(key) = anonymous_set_type(left) else {
+                    continue;
+                };
+                let interval = items
+                    .iter()
+                    .any(|i| matches!(i, Expr::Named(Named::Prefix { .. } | Named::Range(_))));
+                let set = Set {
+                    family: FAMILY,
+                    table: self.opts.table.clone(),
+                    name: String::new(),
+                    key_type: KeyType::Single(key),
+                    map: None,
+                    flags: if interval {
+                        vec!["interval"]
+                    } else {
+                        Vec::new()
+                    },
+                    elem: std::mem::take(items),
+                    stmt: Vec::new(),
+                    comment: None,
+                };
+                *right = s(format!("@{}", self.add_fixed_set(&chain.name, set)));
+            }
+        }
+        self.chains = chains;
     }
 
     /// The policy hash and apply time ride on a rule comment in a chain no hook reaches:
@@ -366,7 +426,7 @@ impl Compiler<'_> {
                     Stmt::Match {
                         op: "in",
                         left: ct("state"),
-                        right: set(strs(&["established", "related"])),
+                        right: Expr::List(strs(&["established", "related"])),
                     },
                     verdict(Verdict::accept()),
                 ],
@@ -483,13 +543,6 @@ impl Compiler<'_> {
         if run.atoms.len() < 2 {
             return run.atoms.iter().map(|a| self.linear(chain, a)).collect();
         }
-        let name = format!(
-            "{chain}-{}",
-            self.sets
-                .iter()
-                .filter(|s| s.name.starts_with(&format!("{chain}-")))
-                .count()
-        );
         let dims = run.shape.dims();
         let key_type = if dims.len() == 1 {
             KeyType::Single(dims[0].key_type(run.shape.fam))
@@ -527,21 +580,24 @@ impl Compiler<'_> {
         self.stats.maps += 1;
         self.stats.map_elements += elem.len();
         self.stats.rules_in_maps += run.atoms.len();
-        self.sets.push(Set {
-            family: FAMILY,
-            table: self.opts.table.clone(),
-            name: name.clone(),
-            key_type,
-            map: Some("verdict"),
-            flags: if interval {
-                vec!["interval"]
-            } else {
-                Vec::new()
+        let name = self.add_fixed_set(
+            chain,
+            Set {
+                family: FAMILY,
+                table: self.opts.table.clone(),
+                name: String::new(),
+                key_type,
+                map: Some("verdict"),
+                flags: if interval {
+                    vec!["interval"]
+                } else {
+                    Vec::new()
+                },
+                elem,
+                stmt: vec![counter()],
+                comment: None,
             },
-            elem,
-            stmt: vec![counter()],
-            comment: None,
-        });
+        );
         vec![self.rule(
             chain,
             vec![Stmt::Vmap {
@@ -649,6 +705,7 @@ impl Compiler<'_> {
 
     /// With `intercept`, LAN-side port-53 traffic to any address goes to the proxy: per
     /// family, to the first listen address of that family (none: that family is left alone).
+    /// One rule per protocol: nft maps a port only after a match on a single protocol.
     fn dns_intercept(&self, topo: &Topology) -> Vec<Rule> {
         let Some(dns) = self.opts.dns.as_ref().filter(|d| d.intercept) else {
             return Vec::new();
@@ -657,11 +714,13 @@ impl Compiler<'_> {
         [Fam::V4, Fam::V6]
             .into_iter()
             .filter_map(|fam| dns.listen.iter().find(|l| fam_of(l.ip()) == fam))
-            .map(|l| {
+            .flat_map(|l| ["tcp", "udp"].map(|proto| (l, proto)))
+            .map(|(l, proto)| {
                 let fam = fam_of(l.ip());
                 let mut e = lan_side.clone();
                 e.push(matches(meta("nfproto"), s(fam.nfproto())));
-                e.extend(dns_port(53));
+                e.push(matches(meta("l4proto"), s(proto)));
+                e.push(matches(payload("th", "dport"), num(53)));
                 e.push(counter());
                 e.push(if l.ip().is_unspecified() {
                     // A wildcard listener is reached on the address the query came in to.
@@ -739,12 +798,15 @@ impl Compiler<'_> {
                             })
                         };
                         if let Some(pr) = port_range {
-                            // A port mapping needs a transport header; other protocols keep their ids.
-                            let mut e = head.clone();
-                            e.push(matches(meta("l4proto"), set(strs(&["tcp", "udp"]))));
-                            e.push(counter());
-                            e.push(to(Some(range(pr.lo.into(), pr.hi.into()))));
-                            rules.push(self.rule("srcnat", e, Some(&comment)));
+                            // A port mapping needs a transport header, and nft one protocol per
+                            // rule; other protocols keep their ids.
+                            for proto in ["tcp", "udp"] {
+                                let mut e = head.clone();
+                                e.push(matches(meta("l4proto"), s(proto)));
+                                e.push(counter());
+                                e.push(to(Some(range(pr.lo.into(), pr.hi.into()))));
+                                rules.push(self.rule("srcnat", e, Some(&comment)));
+                            }
                         }
                         let expr = push(push(head, counter()), to(None));
                         rules.push(self.rule("srcnat", expr, Some(&comment)));
@@ -769,6 +831,41 @@ fn dns_port(port: u16) -> [Stmt; 2] {
         matches(meta("l4proto"), set(strs(&["tcp", "udp"]))),
         matches(payload("th", "dport"), num(port.into())),
     ]
+}
+
+/// The type of a named set holding values that `left` is matched against, for every kind of
+/// match ward writes with a set of values (a unit test holds the compiler to that).
+fn anonymous_set_type(left: &Expr) -> Option<&'static str> {
+    let Expr::Named(n) = left else {
+        return None;
+    };
+    Some(match n {
+        Named::Meta { key: "l4proto" } => "inet_proto",
+        Named::Meta {
+            key: "iifname" | "oifname",
+        } => "ifname",
+        Named::Payload {
+            protocol: "icmp",
+            field: "type",
+        } => "icmp_type",
+        Named::Payload {
+            protocol: "icmpv6",
+            field: "type",
+        } => "icmpv6_type",
+        Named::Payload {
+            protocol: "ip",
+            field: "saddr" | "daddr",
+        } => "ipv4_addr",
+        Named::Payload {
+            protocol: "ip6",
+            field: "saddr" | "daddr",
+        } => "ipv6_addr",
+        Named::Payload {
+            protocol: "th",
+            field: "sport" | "dport",
+        } => "inet_service",
+        _ => return None,
+    })
 }
 
 fn push(mut v: Vec<Stmt>, s: Stmt) -> Vec<Stmt> {

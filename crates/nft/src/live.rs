@@ -1,12 +1,16 @@
 //! What is installed right now: reading ward's table back (policy hash, time applied, per-rule
-//! counters), replacing it whole, removing it, and the plan (diff) between it and a policy.
+//! counters), installing a compiled table in its place, removing it, and the plan (diff)
+//! between it and a policy.
 
 use crate::compile::{
     Compiled, DEFAULT_ACCEPT, DEFAULT_DENY, DNS_INTERCEPT, DNS_PROXY, DNS_UPSTREAM, INFO_CHAIN,
 };
+use crate::render::{ChainPart, Parts, SetPart};
+use crate::schema::BaseChain;
 use crate::session::{Format, NftError, Session};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::fmt::Write;
 
 /// Packets and bytes counted for one rule id (summed over all its elements and rules).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -118,11 +122,166 @@ pub fn is_rule_counter(key: &str) -> bool {
         && ![DNS_PROXY, DNS_UPSTREAM, DNS_INTERCEPT].contains(&key)
 }
 
-/// Replaces ward's table with `compiled` in one transaction. The kernel validates the whole
-/// batch before it commits any of it, so a rejected batch leaves the live table untouched; a
-/// separate dry run first would parse and validate everything twice for nothing.
-pub fn replace(session: &Session, compiled: &Compiled) -> Result<(), NftError> {
-    session.apply_text(&crate::render::replace_script(compiled))
+/// Installs a compiled table (`render::Parts`) in place of the live one, so that every packet
+/// meets either the old rules or the new ones, in two transactions:
+///
+/// 1. the named sets and maps the live table lacks, filled, with no rule using them yet;
+/// 2. every chain flushed and filled anew, then the sets and chains the new table has no use
+///    for deleted.
+///
+/// Why not one transaction replacing the table: the kernel makes new rules live a moment
+/// before the elements of sets created in the same transaction (measured on 6.18: an allowed
+/// SYN dropped now and then during re-applies, the vmap lookup missing in the new chain).
+/// Sets are named after their content (`compile::add_fixed_set`), so a set already live holds
+/// exactly what the new rules expect, and the addresses learned for an unchanged name rule
+/// stay. If step 2 is rejected, what step 1 created is removed again and the error returned:
+/// the live table is as it was.
+pub fn install(session: &Session, parts: &Parts) -> Result<(), NftError> {
+    let t = &parts.table;
+    let live = Shape::read(session, t)?;
+    let missing: Vec<&SetPart> = parts
+        .sets
+        .iter()
+        .filter(|s| !live.sets.contains_key(&s.name))
+        .collect();
+    // Regular chains are declared with the sets: map elements may jump to them.
+    let new_chains: Vec<&ChainPart> = parts
+        .chains
+        .iter()
+        .filter(|c| c.base.is_none() && !live.chains.contains_key(&c.name))
+        .collect();
+    if !live.exists || !missing.is_empty() {
+        let mut step1 = format!("table inet {t} {{\n");
+        for c in &new_chains {
+            let _ = writeln!(step1, "\tchain {} {{\n\t}}", c.name);
+        }
+        for s in &missing {
+            step1.push_str(&s.block);
+        }
+        step1.push_str("}\n");
+        session.apply_text(&step1)?;
+    }
+
+    let mut step2 = String::new();
+    for name in live.chains.keys() {
+        let _ = writeln!(step2, "flush chain inet {t} {name}");
+    }
+    for c in &parts.chains {
+        if matches!(live.chains.get(&c.name), Some(hook) if *hook != c.base.as_ref().map(Hook::of))
+        {
+            // A chain's hook cannot change in place (ward never changes one; older tables may).
+            let _ = writeln!(step2, "delete chain inet {t} {}", c.name);
+        }
+    }
+    let _ = writeln!(step2, "table inet {t} {{");
+    for c in &parts.chains {
+        step2.push_str(&c.block);
+    }
+    step2.push_str("}\n");
+    for (name, is_map) in &live.sets {
+        if !parts.sets.iter().any(|s| &s.name == name) {
+            let kind = if *is_map { "map" } else { "set" };
+            let _ = writeln!(step2, "delete {kind} inet {t} {name}");
+        }
+    }
+    for name in live.chains.keys() {
+        if !parts.chains.iter().any(|c| &c.name == name) {
+            let _ = writeln!(step2, "delete chain inet {t} {name}");
+        }
+    }
+    session.apply_text(&step2).map_err(|e| {
+        let undo = if !live.exists {
+            format!("delete table inet {t}\n")
+        } else {
+            let mut u = String::new();
+            for s in &missing {
+                let kind = if s.is_map { "map" } else { "set" };
+                let _ = writeln!(u, "delete {kind} inet {t} {}", s.name);
+            }
+            for c in &new_chains {
+                let _ = writeln!(u, "delete chain inet {t} {}", c.name);
+            }
+            u
+        };
+        match session.apply_text(&undo) {
+            Ok(()) => e,
+            Err(u) => NftError::Rejected(format!(
+                "{e}\nand removing the sets added for it failed too: {u}"
+            )),
+        }
+    })
+}
+
+/// A base chain's hook as compared between the live table and a compiled one.
+#[derive(Debug, PartialEq, Eq)]
+struct Hook {
+    kind: String,
+    hook: String,
+    prio: i64,
+    policy: String,
+}
+
+impl Hook {
+    fn of(b: &BaseChain) -> Hook {
+        Hook {
+            kind: b.kind.into(),
+            hook: b.hook.into(),
+            prio: b.prio.into(),
+            policy: b.policy.into(),
+        }
+    }
+}
+
+/// The names in ward's live table, without set elements or rules' details.
+#[derive(Default)]
+struct Shape {
+    exists: bool,
+    /// Name → is it a map.
+    sets: BTreeMap<String, bool>,
+    /// Name → its hook, for base chains.
+    chains: BTreeMap<String, Option<Hook>>,
+}
+
+impl Shape {
+    fn read(session: &Session, table: &str) -> Result<Shape, NftError> {
+        let Some(json) = session.list_table(table, Format::JsonTerse)? else {
+            return Ok(Shape::default());
+        };
+        let v: Value = serde_json::from_str(&json)
+            .map_err(|e| NftError::Rejected(format!("unreadable listing: {e}")))?;
+        let mut shape = Shape {
+            exists: true,
+            ..Shape::default()
+        };
+        let items = v.get("nftables").and_then(Value::as_array);
+        for item in items.into_iter().flatten() {
+            let name = |o: &Value| o.get("name").and_then(Value::as_str).map(str::to_string);
+            if let Some(c) = item.get("chain") {
+                let text = |k: &str| c.get(k).and_then(Value::as_str).map(str::to_string);
+                let hook = match (text("type"), text("hook"), text("policy")) {
+                    (Some(kind), Some(hook), Some(policy)) => Some(Hook {
+                        kind,
+                        hook,
+                        prio: c.get("prio").and_then(Value::as_i64).unwrap_or(0),
+                        policy,
+                    }),
+                    _ => None,
+                };
+                if let Some(n) = name(c) {
+                    shape.chains.insert(n, hook);
+                }
+            } else if let Some((s, is_map)) = item
+                .get("set")
+                .map(|s| (s, false))
+                .or_else(|| item.get("map").map(|m| (m, true)))
+            {
+                if let Some(n) = name(s) {
+                    shape.sets.insert(n, is_map);
+                }
+            }
+        }
+        Ok(shape)
+    }
 }
 
 /// Deletes ward's table and nothing else; `Ok(false)` when it was not there.
@@ -138,7 +297,7 @@ pub fn remove(session: &Session, table: &str) -> Result<bool, NftError> {
 /// loaded into a private, empty network namespace that vanishes with its thread, so the
 /// listing has exactly the kernel's normal form and nothing live is touched.
 pub fn render_in_scratch(compiled: &Compiled) -> Result<String, NftError> {
-    let script = crate::render::replace_script(compiled);
+    let script = crate::render::to_nft(compiled);
     let table = compiled.table.name.clone();
     std::thread::spawn(move || -> Result<String, NftError> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
@@ -161,8 +320,9 @@ pub fn plan(session: &Session, compiled: &Compiled) -> Result<String, NftError> 
         .list_table(&compiled.table.name, Format::TextStateless)?
         .unwrap_or_default();
     let want = render_in_scratch(compiled)?;
-    let live = strip_comment_line(&live);
     let want = strip_comment_line(&want);
+    let live = in_order_of(&strip_comment_line(&live), &want);
+    let want = in_order_of(&want, &want);
     if live == want {
         return Ok(String::new());
     }
@@ -172,6 +332,38 @@ pub fn plan(session: &Session, compiled: &Compiled) -> Result<String, NftError> 
         .context_radius(2)
         .header("live", "policy")
         .to_string())
+}
+
+/// A listing's sets, maps and chains put in the order `want` lists them (the rest after),
+/// one blank line between them: the kernel lists them in the order they were created, which
+/// depends on what earlier applies left in place, and is no difference in policy.
+fn in_order_of(listing: &str, want: &str) -> String {
+    let blocks = |text: &str| -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let top = line.starts_with('\t') && !line.starts_with("\t\t") && line.ends_with('{');
+            if top || out.is_empty() || line == "}" {
+                out.push(String::new());
+            }
+            if let Some(b) = out.last_mut() {
+                b.push_str(line);
+                b.push('\n');
+            }
+        }
+        out
+    };
+    let header = |b: &str| b.lines().next().unwrap_or("").to_string();
+    let mut live = blocks(listing);
+    let end = live.pop().unwrap_or_default(); // the table's closing brace
+    let mut ordered = Vec::new();
+    for w in blocks(want) {
+        if let Some(i) = live.iter().position(|b| header(b) == header(&w)) {
+            ordered.push(live.remove(i));
+        }
+    }
+    ordered.extend(live);
+    let (table, inner) = ordered.split_first().unwrap_or((&end, &[]));
+    format!("{table}{}{end}", inner.join("\n"))
 }
 
 /// The info chain carries the apply time, which is not a difference in policy.

@@ -1,85 +1,127 @@
 //! Renders a compiled table in nft's own language: what `apply` hands libnftables, what
 //! `ward compile` prints and the golden files hold. A kernel test proves it equal to the JSON.
+//!
+//! libnftables reads this about 1.7x faster and with half the memory of the same table in JSON.
 
 use crate::compile::Compiled;
 use crate::schema::*;
 use std::fmt::Write;
 
-/// The script that replaces the table whole in one transaction: `add` (so that `delete` cannot
-/// fail), `delete`, then the table anew.
-///
-/// This, not the JSON batch, is what `apply` loads: for the same 10k-element table libnftables
-/// reads its own language about 1.7x faster and with half the memory of its JSON input.
-pub fn replace_script(c: &Compiled) -> String {
-    let t = &c.table;
-    let mut out = format!(
-        "add table {f} {n}\ndelete table {f} {n}\n",
-        f = t.family,
-        n = t.name
-    );
-    write_table(&mut out, c);
-    out
-}
-
+/// The table in one block: what `ward compile` prints, the golden files hold, and what
+/// creates the table where nothing is installed.
 pub fn to_nft(c: &Compiled) -> String {
-    let mut out = String::new();
-    write_table(&mut out, c);
+    let parts = Parts::of(c);
+    let mut out = format!("table {} {} {{\n", c.table.family, c.table.name);
+    let blocks: Vec<&str> = parts.sets.iter().map(|s| s.block.as_str()).collect();
+    out.push_str(&blocks.join("\n"));
+    if !blocks.is_empty() {
+        out.push('\n');
+    }
+    let blocks: Vec<&str> = parts.chains.iter().map(|c| c.block.as_str()).collect();
+    out.push_str(&blocks.join("\n"));
+    out.push_str("}\n");
     out
 }
 
-fn write_table(out: &mut String, c: &Compiled) {
-    let t = &c.table;
-    let _ = writeln!(out, "table {} {} {{", t.family, t.name);
-    for set in &c.sets {
-        let kind = if set.map.is_some() { "map" } else { "set" };
-        let _ = writeln!(out, "\t{kind} {} {{", set.name);
-        let types = match &set.key_type {
-            KeyType::Single(t) => vec![*t],
-            KeyType::Concat(v) => v.clone(),
-        };
-        let mut ty = types.join(" . ");
-        if let Some(m) = set.map {
-            let _ = write!(ty, " : {m}");
-        }
-        let _ = writeln!(out, "\t\ttype {ty}");
-        if !set.flags.is_empty() {
-            let _ = writeln!(out, "\t\tflags {}", set.flags.join(", "));
-        }
-        for st in &set.stmt {
-            let _ = writeln!(out, "\t\t{}", stmt(st));
-        }
-        if let Some(cm) = &set.comment {
-            let _ = writeln!(out, "\t\tcomment {}", quote(cm));
-        }
-        if !set.elem.is_empty() {
-            let quoted: Vec<bool> = types.iter().map(|t| *t == "ifname").collect();
-            let elems: Vec<String> = set.elem.iter().map(|e| element(e, &quoted)).collect();
-            let _ = writeln!(out, "\t\telements = {{ {} }}", elems.join(",\n\t\t\t     "));
-        }
-        let _ = writeln!(out, "\t}}\n");
-    }
-    for (i, (chain, rules)) in c.chains.iter().enumerate() {
-        let _ = writeln!(out, "\tchain {} {{", chain.name);
-        if let Some(b) = &chain.base {
-            let _ = writeln!(
-                out,
-                "\t\ttype {} hook {} priority {}; policy {};",
-                b.kind, b.hook, b.prio, b.policy
-            );
-        }
-        for r in rules {
-            let mut line: Vec<String> = r.expr.iter().map(stmt).collect();
-            if let Some(cm) = &r.comment {
-                line.push(format!("comment {}", quote(cm)));
-            }
-            let _ = writeln!(out, "\t\t{}", line.join(" "));
-        }
-        let _ = writeln!(out, "\t}}");
-        if i + 1 < c.chains.len() {
-            out.push('\n');
+/// A compiled table rendered piece by piece, for `live::install`, which sends the pieces in
+/// two transactions depending on what is installed already.
+pub struct Parts {
+    pub table: String,
+    pub sets: Vec<SetPart>,
+    pub chains: Vec<ChainPart>,
+}
+
+pub struct SetPart {
+    pub name: String,
+    pub is_map: bool,
+    /// `\tset NAME {...}\n` (or `map`), to go inside a `table` block.
+    pub block: String,
+}
+
+pub struct ChainPart {
+    pub name: String,
+    /// The hook of a base chain.
+    pub base: Option<BaseChain>,
+    /// `\tchain NAME {...}\n` with its rules, to go inside a `table` block.
+    pub block: String,
+}
+
+impl Parts {
+    pub fn of(c: &Compiled) -> Parts {
+        Parts {
+            table: c.table.name.clone(),
+            sets: c
+                .sets
+                .iter()
+                .map(|s| SetPart {
+                    name: s.name.clone(),
+                    is_map: s.map.is_some(),
+                    block: set_block(s),
+                })
+                .collect(),
+            chains: c
+                .chains
+                .iter()
+                .map(|(chain, rules)| ChainPart {
+                    name: chain.name.clone(),
+                    base: chain.base.clone(),
+                    block: chain_block(chain, rules),
+                })
+                .collect(),
         }
     }
-    out.push_str("}\n");
+}
+
+fn set_block(set: &Set) -> String {
+    let mut out = String::new();
+    let kind = if set.map.is_some() { "map" } else { "set" };
+    let _ = writeln!(out, "\t{kind} {} {{", set.name);
+    let types = match &set.key_type {
+        KeyType::Single(t) => vec![*t],
+        KeyType::Concat(v) => v.clone(),
+    };
+    let mut ty = types.join(" . ");
+    if let Some(m) = set.map {
+        let _ = write!(ty, " : {m}");
+    }
+    let _ = writeln!(out, "\t\ttype {ty}");
+    if !set.flags.is_empty() {
+        let _ = writeln!(out, "\t\tflags {}", set.flags.join(", "));
+    }
+    for st in &set.stmt {
+        let _ = writeln!(out, "\t\t{}", stmt(st));
+    }
+    if let Some(cm) = &set.comment {
+        let _ = writeln!(out, "\t\tcomment {}", quote(cm));
+    }
+    if !set.elem.is_empty() {
+        let quoted: Vec<bool> = types.iter().map(|t| *t == "ifname").collect();
+        let elems: Vec<String> = set.elem.iter().map(|e| element(e, &quoted)).collect();
+        let _ = writeln!(out, "\t\telements = {{ {} }}", elems.join(",\n\t\t\t     "));
+    }
+    out.push_str("\t}\n");
+    out
+}
+
+fn chain_block(chain: &Chain, rules: &[Rule]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\tchain {} {{", chain.name);
+    if let Some(b) = &chain.base {
+        let _ = writeln!(
+            out,
+            "\t\ttype {} hook {} priority {}; policy {};",
+            b.kind, b.hook, b.prio, b.policy
+        );
+    }
+    for r in rules {
+        let mut line: Vec<String> = r.expr.iter().map(stmt).collect();
+        if let Some(cm) = &r.comment {
+            line.push(format!("comment {}", quote(cm)));
+        }
+        let _ = writeln!(out, "\t\t{}", line.join(" "));
+    }
+    out.push_str("\t}\n");
+    out
 }
 
 /// nft's scanner takes everything up to the next '"' literally and knows no escapes. The
@@ -119,6 +161,11 @@ fn expr(e: &Expr, quote_strings: bool) -> String {
         Expr::Str(v) => v.clone(),
         Expr::Num(n) => n.to_string(),
         Expr::Pair(p) => format!("{} : {}", expr(&p.0, false), expr(&p.1, false)),
+        Expr::List(items) => items
+            .iter()
+            .map(|i| expr(i, quote_strings))
+            .collect::<Vec<_>>()
+            .join(","),
         Expr::Verdict(v) => verdict_str(v),
         Expr::Named(n) => match n {
             Named::Payload { protocol, field } => format!("{protocol} {field}"),

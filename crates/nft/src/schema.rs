@@ -120,6 +120,8 @@ pub enum Expr {
     Num(u64),
     /// A map element: `[key, value]`.
     Pair(Box<(Expr, Expr)>),
+    /// Flags tested together, `ct state established,related`: a bitmask, not a set.
+    List(Vec<Expr>),
     Named(Named),
     Verdict(Verdict),
 }

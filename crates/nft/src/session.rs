@@ -6,6 +6,7 @@ use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 
 const OUTPUT_STATELESS: c_uint = 1 << 2;
 const OUTPUT_JSON: c_uint = 1 << 4;
+const OUTPUT_TERSE: c_uint = 1 << 11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -33,6 +34,8 @@ type RunCmd = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Json,
+    /// JSON without set elements: the table's shape.
+    JsonTerse,
     /// nft's own language.
     Text,
     /// nft's own language without counter values: what compares equal across traffic.
@@ -118,6 +121,7 @@ impl Session {
     pub fn list_table(&self, table: &str, format: Format) -> Result<Option<String>, NftError> {
         let flags = match format {
             Format::Json => OUTPUT_JSON,
+            Format::JsonTerse => OUTPUT_JSON | OUTPUT_TERSE,
             Format::Text => 0,
             Format::TextStateless => OUTPUT_STATELESS,
         };

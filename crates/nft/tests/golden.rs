@@ -58,3 +58,28 @@ fn examples_match_golden_files() {
         }
     }
 }
+
+/// `live::install` creates sets in a transaction before the rules that use them; a set of
+/// values written into a rule would be created with the rule and could miss for a moment.
+#[test]
+fn compiled_rules_name_every_set_they_use() {
+    use nft::schema::{Expr, Named, Stmt};
+    for ex in examples() {
+        let compiled = compile_example(&ex);
+        for (chain, rules) in &compiled.chains {
+            for stmt in rules.iter().flat_map(|r| &r.expr) {
+                let anonymous = match stmt {
+                    Stmt::Match { right, .. } => matches!(right, Expr::Named(Named::Set(_))),
+                    Stmt::Vmap { data, .. } => matches!(data, Expr::Named(Named::Set(_))),
+                    _ => false,
+                };
+                assert!(
+                    !anonymous,
+                    "{}: chain {}: a rule with an anonymous set: {stmt:?}",
+                    ex.display(),
+                    chain.name
+                );
+            }
+        }
+    }
+}

@@ -77,9 +77,10 @@ fn rejected_replace_leaves_the_live_table_byte_identical() {
     ];
     chain.1.push(rule);
     in_scratch(move |s| {
-        nft::live::replace(s, &good).expect("apply the lab policy");
+        nft::live::install(s, &nft::render::Parts::of(&good)).expect("apply the lab policy");
         let before = s.list_table("ward", Format::Text).unwrap().unwrap();
-        let err = nft::live::replace(s, &bad).expect_err("the kernel must reject a missing set");
+        let err = nft::live::install(s, &nft::render::Parts::of(&bad))
+            .expect_err("the kernel must reject a missing set");
         assert!(
             err.to_string().contains("does-not-exist") || err.to_string().contains("No such file"),
             "{err}"
@@ -93,7 +94,7 @@ fn rejected_replace_leaves_the_live_table_byte_identical() {
 fn status_reads_back_what_apply_recorded() {
     let c = compile("lab.yaml");
     let inst = in_scratch(move |s| {
-        nft::live::replace(s, &c).unwrap();
+        nft::live::install(s, &nft::render::Parts::of(&c)).unwrap();
         nft::live::read(s, "ward").unwrap().expect("installed")
     });
     assert_eq!(inst.comment_field("sha256"), Some("golden"));
@@ -114,7 +115,7 @@ fn status_reads_back_what_apply_recorded() {
         );
     }
     let removed = in_scratch(|s| {
-        nft::live::replace(s, &compile("host.yaml")).unwrap();
+        nft::live::install(s, &nft::render::Parts::of(&compile("host.yaml"))).unwrap();
         let first = nft::live::remove(s, "ward").unwrap();
         let second = nft::live::remove(s, "ward").unwrap();
         (first, second, s.list_table("ward", Format::Text).unwrap())
@@ -148,7 +149,7 @@ fn learned_addresses_commit_refresh_and_remove() {
     for readd_refreshes in [true, false] {
         let c = c.clone();
         in_scratch(move |s| {
-            nft::live::replace(s, &c).unwrap();
+            nft::live::install(s, &nft::render::Parts::of(&c)).unwrap();
             let w = SetWriter::new("ward").with_readd_refreshes(readd_refreshes);
             let a4 = "192.0.2.10".parse().unwrap();
             let a6 = "2001:db8::10".parse().unwrap();

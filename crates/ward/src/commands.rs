@@ -192,14 +192,18 @@ pub fn plan(file: &Path, table: &str, netns: Option<&str>) -> Result {
     Ok(())
 }
 
-/// The script that installs `l` as `table`, the line that reports it, and the options it was
-/// compiled with (the DNS proxy's addresses among them).
-pub fn prepare(l: &Loaded, file: &Path, table: &str) -> Result<(String, String, nft::Options)> {
+/// The table that installs `l` as `table`, rendered, the line that reports it, and the options
+/// it was compiled with (the DNS proxy's addresses among them).
+pub fn prepare(
+    l: &Loaded,
+    file: &Path,
+    table: &str,
+) -> Result<(nft::render::Parts, String, nft::Options)> {
     let comment = table_comment(&l.sha256, Some(std::time::SystemTime::now()));
     let p = &l.checked.policy;
     let opts = options(p, table, Some(comment))?;
     let compiled = nft::compile(p, &opts);
-    let script = nft::render::replace_script(&compiled);
+    let parts = nft::render::Parts::of(&compiled);
     let summary = format!(
         "applied {} (sha256 {}): {} rules as {} maps and {} linear rules",
         file.display(),
@@ -208,18 +212,18 @@ pub fn prepare(l: &Loaded, file: &Path, table: &str) -> Result<(String, String, 
         compiled.stats.maps,
         compiled.stats.linear_rules
     );
-    Ok((script, summary, opts))
+    Ok((parts, summary, opts))
 }
 
 pub fn apply(file: &Path, table: &str, netns: Option<&str>) -> Result {
     let l = load(file)?;
     let s = session(netns)?;
-    let (script, summary, _) = prepare(&l, file, table)?;
-    // Only the script is needed from here on: free the policy and return its pages to the
-    // system before libnftables builds its own copy of the table.
+    let (parts, summary, _) = prepare(&l, file, table)?;
+    // Only the rendered table is needed from here on: free the policy and return its pages to
+    // the system before libnftables builds its own copy of the table.
     drop(l);
     crate::release_freed_memory();
-    s.apply_text(&script).map_err(|e| {
+    live::install(&s, &parts).map_err(|e| {
         Failure(format!(
             "error: {e}\napply failed; the live table was not changed."
         ))

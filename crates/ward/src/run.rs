@@ -13,7 +13,7 @@ pub fn run(file: &Path, table: &str, netns: Option<&str>) -> Result {
     // Enters the namespace on this thread before any other starts: they all inherit it.
     let session = commands::session(netns)?;
     let p = &l.checked.policy;
-    let (script, summary, opts) = commands::prepare(&l, file, table)?;
+    let (parts, summary, opts) = commands::prepare(&l, file, table)?;
 
     // One thread serves everything: the proxy's sockets, and the commits into the kernel
     // inline between them (see the dns crate's committer).
@@ -41,7 +41,7 @@ pub fn run(file: &Path, table: &str, netns: Option<&str>) -> Result {
         None => None,
     };
 
-    session.apply_text(&script).map_err(|e| {
+    nft::live::install(&session, &parts).map_err(|e| {
         Failure(format!(
             "error: {e}\napply failed; the live table was not changed."
         ))

@@ -1,4 +1,5 @@
-//! Atomic replace on real traffic: a client loop runs through 50 re-applies. In a test binary
+//! Atomic replace on real traffic: a client loop runs through 50 re-applies, alternating
+//! between two policies. In a test binary
 //! of its own, so that no other test's lab is built or torn down meanwhile.
 //!
 //! Whether the *firewall* dropped an allowed packet is judged by a witness: a foreign table in
@@ -55,8 +56,14 @@ fn atomic_replace_under_traffic() {
     let denied = lab
         .lan()
         .tcp_probe_loop(SocketAddr::new(wan_ip(), 81), stop.clone());
-    let f = PolicyFile::new(&policy);
+    // Two policies that agree on ports 80 and 81 but differ elsewhere, so that every apply
+    // replaces the map that decides both flows.
+    let other = format!(
+        "{policy}  - {{id: other, direction: egress, protocol: tcp, destination_port: [82, 8000-8100], action: deny}}\n  - {{id: lists, direction: egress, protocol: udp, destination: [203.0.113.0/24, 198.51.100.7], destination_port: [53, 123], action: accept}}\n"
+    );
+    let files = [PolicyFile::new(&policy), PolicyFile::new(&other)];
     for i in 0..50 {
+        let f = &files[i % 2];
         let o = ward(&["apply", f.path(), "--netns", lab.fw().name()]);
         assert!(o.status.success(), "re-apply {i}: {}", text(&o));
     }

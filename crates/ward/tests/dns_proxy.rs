@@ -572,3 +572,26 @@ fn kill_9_keeps_default_deny_and_a_restart_recovers() {
     ward.stop();
     lab.down().unwrap();
 }
+
+#[test]
+fn a_re_apply_keeps_what_unchanged_name_rules_learned() {
+    let lab = lab();
+    let _dns = lab.wan().dns_server(Zone::standard()).expect("upstream");
+    let rule = "  - {id: web, direction: egress, destination_fqdn: [ok.test], protocol: tcp, destination_port: 80, action: accept}\n";
+    let ward = WardRun::start(&lab, &policy("", rule));
+    assert_eq!(resolve(&lab, "ok.test."), vec![wan(20)]);
+    assert_pass(&connect(&lab, wan(20)), "resolved while ward runs");
+
+    // Another rule added, the name rule unchanged: its sets stay, with what they learned.
+    let more = policy(
+        "",
+        &format!("{rule}  - {{id: ntp, direction: egress, protocol: udp, destination_port: 123, action: accept}}\n"),
+    );
+    apply(&lab, &more);
+    assert_pass(
+        &connect(&lab, wan(20)),
+        "learned before the re-apply, not asked again",
+    );
+    ward.stop();
+    lab.down().unwrap();
+}
