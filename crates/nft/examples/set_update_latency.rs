@@ -21,7 +21,7 @@ fn main() {
             .expect("policy")
             .policy;
         let c = nft::compile(&policy, &nft::Options::default());
-        nft::live::install(&s, &nft::render::Parts::of(&c)).expect("apply");
+        nft::live::install(&s, &nft::render::Parts::of(c)).expect("apply");
         let w = SetWriter::new("ward");
         let mut one = Vec::with_capacity(rounds);
         let mut four = Vec::with_capacity(rounds);

@@ -11,6 +11,7 @@ use crate::session::{Format, NftError, Session};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Packets and bytes counted for one rule id (summed over all its elements and rules).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -144,72 +145,136 @@ pub fn install(session: &Session, parts: &Parts) -> Result<(), NftError> {
         .iter()
         .filter(|s| !live.sets.contains_key(&s.name))
         .collect();
-    // Regular chains are declared with the sets: map elements may jump to them.
+    // Regular chains are declared with the sets: map elements may jump to them. In a new
+    // table all chains are, so that they are listed in the compiled order; no rule is in
+    // them yet, and a hook without rules lets everything pass, as before the table existed.
     let new_chains: Vec<&ChainPart> = parts
         .chains
         .iter()
-        .filter(|c| c.base.is_none() && !live.chains.contains_key(&c.name))
+        .filter(|c| !live.exists || (c.base.is_none() && !live.chains.contains_key(&c.name)))
         .collect();
-    if !live.exists || !missing.is_empty() {
-        let mut step1 = format!("table inet {t} {{\n");
-        for c in &new_chains {
-            let _ = writeln!(step1, "\tchain {} {{\n\t}}", c.name);
-        }
-        for s in &missing {
-            step1.push_str(&s.block);
-        }
-        step1.push_str("}\n");
-        session.apply_text(&step1)?;
-    }
+    let done = if !live.exists || !missing.is_empty() {
+        create_sets(session, t, &missing, &new_chains)
+    } else {
+        Ok(())
+    };
+    done.and_then(|()| session.apply_text(&swap_script(parts, &live)))
+        .map_err(|e| {
+            let undo = if !live.exists {
+                format!("delete table inet {t}\n")
+            } else {
+                let mut u = String::new();
+                for s in &missing {
+                    let kind = if s.is_map { "map" } else { "set" };
+                    let _ = writeln!(u, "delete {kind} inet {t} {}", s.name);
+                }
+                for c in &new_chains {
+                    let _ = writeln!(u, "delete chain inet {t} {}", c.name);
+                }
+                u
+            };
+            match session.apply_text(&undo) {
+                Ok(()) => e,
+                Err(u) => NftError::Rejected(format!(
+                    "{e}\nand removing the sets added for it failed too: {u}"
+                )),
+            }
+        })
+}
 
-    let mut step2 = String::new();
+/// Sets with more elements than this are created empty and filled by `add element` commands
+/// of this many elements, sent from several threads (`fill`).
+const CHUNK: usize = 2500;
+
+/// Step 1: creates the table if needed, declares `chains` (empty) and creates `sets`.
+fn create_sets(
+    session: &Session,
+    t: &str,
+    sets: &[&SetPart],
+    chains: &[&ChainPart],
+) -> Result<(), NftError> {
+    let mut script = format!("table inet {t} {{\n");
+    for c in chains {
+        script.push_str(&c.declaration());
+    }
+    let mut chunks = Vec::new();
+    for s in sets {
+        if s.len() <= CHUNK {
+            script.push_str(&s.block(0..s.len()));
+        } else {
+            script.push_str(&s.block(0..0));
+            for lo in (0..s.len()).step_by(CHUNK) {
+                chunks.push((*s, lo..(lo + CHUNK).min(s.len())));
+            }
+        }
+    }
+    script.push_str("}\n");
+    session.apply_text(&script)?;
+    fill(t, &chunks)
+}
+
+/// Sends `add element` commands from up to 4 threads, each with a libnftables context of its
+/// own (they start in the caller's network namespace): libnftables parses them in parallel
+/// while the kernel inserts one transaction at a time. At 10k elements this takes a third
+/// less time than one command.
+fn fill(t: &str, chunks: &[(&SetPart, std::ops::Range<usize>)]) -> Result<(), NftError> {
+    let next = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(chunks.len());
+    let work = || -> Result<(), NftError> {
+        let s = Session::open()?;
+        while let Some((set, range)) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) {
+            if let Err(e) = s.apply_text(&set.add_elements(t, range.clone())) {
+                next.store(chunks.len(), Ordering::Relaxed); // the others stop too
+                return Err(e);
+            }
+        }
+        Ok(())
+    };
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..workers).map(|_| scope.spawn(work)).collect();
+        // The scope joins every thread anyway; the first error is reported.
+        threads.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(NftError::Init("a set-filling thread panicked".into())))
+        })
+    })
+}
+
+/// Step 2, one transaction: every live chain flushed, the new table's chains filled, the sets
+/// and chains it has no use for deleted.
+fn swap_script(parts: &Parts, live: &Shape) -> String {
+    let t = &parts.table;
+    let mut script = String::new();
     for name in live.chains.keys() {
-        let _ = writeln!(step2, "flush chain inet {t} {name}");
+        let _ = writeln!(script, "flush chain inet {t} {name}");
     }
     for c in &parts.chains {
         if matches!(live.chains.get(&c.name), Some(hook) if *hook != c.base.as_ref().map(Hook::of))
         {
             // A chain's hook cannot change in place (ward never changes one; older tables may).
-            let _ = writeln!(step2, "delete chain inet {t} {}", c.name);
+            let _ = writeln!(script, "delete chain inet {t} {}", c.name);
         }
     }
-    let _ = writeln!(step2, "table inet {t} {{");
+    let _ = writeln!(script, "table inet {t} {{");
     for c in &parts.chains {
-        step2.push_str(&c.block);
+        script.push_str(&c.block);
     }
-    step2.push_str("}\n");
+    script.push_str("}\n");
     for (name, is_map) in &live.sets {
         if !parts.sets.iter().any(|s| &s.name == name) {
             let kind = if *is_map { "map" } else { "set" };
-            let _ = writeln!(step2, "delete {kind} inet {t} {name}");
+            let _ = writeln!(script, "delete {kind} inet {t} {name}");
         }
     }
     for name in live.chains.keys() {
         if !parts.chains.iter().any(|c| &c.name == name) {
-            let _ = writeln!(step2, "delete chain inet {t} {name}");
+            let _ = writeln!(script, "delete chain inet {t} {name}");
         }
     }
-    session.apply_text(&step2).map_err(|e| {
-        let undo = if !live.exists {
-            format!("delete table inet {t}\n")
-        } else {
-            let mut u = String::new();
-            for s in &missing {
-                let kind = if s.is_map { "map" } else { "set" };
-                let _ = writeln!(u, "delete {kind} inet {t} {}", s.name);
-            }
-            for c in &new_chains {
-                let _ = writeln!(u, "delete chain inet {t} {}", c.name);
-            }
-            u
-        };
-        match session.apply_text(&undo) {
-            Ok(()) => e,
-            Err(u) => NftError::Rejected(format!(
-                "{e}\nand removing the sets added for it failed too: {u}"
-            )),
-        }
-    })
+    script
 }
 
 /// A base chain's hook as compared between the live table and a compiled one.
@@ -335,9 +400,10 @@ pub fn plan(session: &Session, compiled: &Compiled) -> Result<String, NftError> 
 }
 
 /// A listing's sets, maps and chains put in the order `want` lists them (the rest after),
-/// one blank line between them: the kernel lists them in the order they were created, which
-/// depends on what earlier applies left in place, and is no difference in policy.
-fn in_order_of(listing: &str, want: &str) -> String {
+/// one blank line between them, and set elements sorted: the kernel lists both in the order
+/// they were created, which depends on what earlier applies left in place and on how
+/// `install` sent them, and is no difference in policy.
+pub fn in_order_of(listing: &str, want: &str) -> String {
     let blocks = |text: &str| -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -350,7 +416,7 @@ fn in_order_of(listing: &str, want: &str) -> String {
                 b.push('\n');
             }
         }
-        out
+        out.iter().map(|b| sorted_elements(b)).collect::<Vec<_>>()
     };
     let header = |b: &str| b.lines().next().unwrap_or("").to_string();
     let mut live = blocks(listing);
@@ -364,6 +430,29 @@ fn in_order_of(listing: &str, want: &str) -> String {
     ordered.extend(live);
     let (table, inner) = ordered.split_first().unwrap_or((&end, &[]));
     format!("{table}{}{end}", inner.join("\n"))
+}
+
+/// A set's listing with its elements sorted, one per line. Elements hold addresses, ports,
+/// protocol and verdict names and rule ids, none of which contains a ',' or a '}'.
+fn sorted_elements(block: &str) -> String {
+    let Some(start) = block.find("elements = {") else {
+        return block.to_string();
+    };
+    let body_start = start + "elements = {".len();
+    let Some(len) = block[body_start..].find('}') else {
+        return block.to_string();
+    };
+    let mut items: Vec<&str> = block[body_start..body_start + len]
+        .split(',')
+        .map(str::trim)
+        .collect();
+    items.sort_unstable();
+    format!(
+        "{}elements = {{ {} }}{}",
+        &block[..start],
+        items.join(",\n\t\t\t     "),
+        &block[body_start + len + 1..]
+    )
 }
 
 /// The info chain carries the apply time, which is not a difference in policy.

@@ -10,21 +10,23 @@ use std::fmt::Write;
 /// The table in one block: what `ward compile` prints, the golden files hold, and what
 /// creates the table where nothing is installed.
 pub fn to_nft(c: &Compiled) -> String {
-    let parts = Parts::of(c);
     let mut out = format!("table {} {} {{\n", c.table.family, c.table.name);
-    let blocks: Vec<&str> = parts.sets.iter().map(|s| s.block.as_str()).collect();
-    out.push_str(&blocks.join("\n"));
-    if !blocks.is_empty() {
-        out.push('\n');
+    for set in &c.sets {
+        out.push_str(&set_head(set));
+        if !set.elem.is_empty() {
+            let all = elements(&set.elem, &quoted(set));
+            let _ = writeln!(out, "\t\telements = {{ {all} }}");
+        }
+        out.push_str("\t}\n\n");
     }
-    let blocks: Vec<&str> = parts.chains.iter().map(|c| c.block.as_str()).collect();
+    let blocks: Vec<String> = c.chains.iter().map(|(c, r)| chain_block(c, r)).collect();
     out.push_str(&blocks.join("\n"));
     out.push_str("}\n");
     out
 }
 
-/// A compiled table rendered piece by piece, for `live::install`, which sends the pieces in
-/// two transactions depending on what is installed already.
+/// A compiled table in pieces, for `live::install`, which sends them in several transactions
+/// depending on what is installed already.
 pub struct Parts {
     pub table: String,
     pub sets: Vec<SetPart>,
@@ -34,8 +36,37 @@ pub struct Parts {
 pub struct SetPart {
     pub name: String,
     pub is_map: bool,
-    /// `\tset NAME {...}\n` (or `map`), to go inside a `table` block.
-    pub block: String,
+    /// `\tset NAME {` (or `map`) and the declaration, without elements or closing brace.
+    head: String,
+    elem: Vec<Expr>,
+    quoted: Vec<bool>,
+}
+
+impl SetPart {
+    pub fn len(&self) -> usize {
+        self.elem.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.elem.is_empty()
+    }
+
+    /// The set with the elements in `range`, to go inside a `table` block.
+    pub fn block(&self, range: std::ops::Range<usize>) -> String {
+        let mut out = self.head.clone();
+        if !range.is_empty() {
+            let e = elements(&self.elem[range], &self.quoted);
+            let _ = writeln!(out, "\t\telements = {{ {e} }}");
+        }
+        out.push_str("\t}\n");
+        out
+    }
+
+    /// `add element` for the elements in `range`.
+    pub fn add_elements(&self, table: &str, range: std::ops::Range<usize>) -> String {
+        let e = elements(&self.elem[range], &self.quoted);
+        format!("add element inet {table} {} {{ {e} }}\n", self.name)
+    }
 }
 
 pub struct ChainPart {
@@ -46,19 +77,30 @@ pub struct ChainPart {
     pub block: String,
 }
 
+impl ChainPart {
+    /// The chain without its rules.
+    pub fn declaration(&self) -> String {
+        let mut out = format!("\tchain {} {{\n", self.name);
+        if let Some(b) = &self.base {
+            let _ = writeln!(out, "\t\t{}", hook_line(b));
+        }
+        out.push_str("\t}\n");
+        out
+    }
+}
+
+fn hook_line(b: &BaseChain) -> String {
+    format!(
+        "type {} hook {} priority {}; policy {};",
+        b.kind, b.hook, b.prio, b.policy
+    )
+}
+
 impl Parts {
-    pub fn of(c: &Compiled) -> Parts {
+    /// Takes the compiled table apart; set elements are rendered only when sent.
+    pub fn of(c: Compiled) -> Parts {
         Parts {
-            table: c.table.name.clone(),
-            sets: c
-                .sets
-                .iter()
-                .map(|s| SetPart {
-                    name: s.name.clone(),
-                    is_map: s.map.is_some(),
-                    block: set_block(s),
-                })
-                .collect(),
+            table: c.table.name,
             chains: c
                 .chains
                 .iter()
@@ -68,19 +110,38 @@ impl Parts {
                     block: chain_block(chain, rules),
                 })
                 .collect(),
+            sets: c
+                .sets
+                .into_iter()
+                .map(|s| SetPart {
+                    name: s.name.clone(),
+                    is_map: s.map.is_some(),
+                    head: set_head(&s),
+                    quoted: quoted(&s),
+                    elem: s.elem,
+                })
+                .collect(),
         }
     }
 }
 
-fn set_block(set: &Set) -> String {
+fn key_types(set: &Set) -> Vec<&'static str> {
+    match &set.key_type {
+        KeyType::Single(t) => vec![*t],
+        KeyType::Concat(v) => v.clone(),
+    }
+}
+
+/// Which parts of an element's key nft wants quoted (interface names).
+fn quoted(set: &Set) -> Vec<bool> {
+    key_types(set).iter().map(|t| *t == "ifname").collect()
+}
+
+fn set_head(set: &Set) -> String {
     let mut out = String::new();
     let kind = if set.map.is_some() { "map" } else { "set" };
     let _ = writeln!(out, "\t{kind} {} {{", set.name);
-    let types = match &set.key_type {
-        KeyType::Single(t) => vec![*t],
-        KeyType::Concat(v) => v.clone(),
-    };
-    let mut ty = types.join(" . ");
+    let mut ty = key_types(set).join(" . ");
     if let Some(m) = set.map {
         let _ = write!(ty, " : {m}");
     }
@@ -94,12 +155,17 @@ fn set_block(set: &Set) -> String {
     if let Some(cm) = &set.comment {
         let _ = writeln!(out, "\t\tcomment {}", quote(cm));
     }
-    if !set.elem.is_empty() {
-        let quoted: Vec<bool> = types.iter().map(|t| *t == "ifname").collect();
-        let elems: Vec<String> = set.elem.iter().map(|e| element(e, &quoted)).collect();
-        let _ = writeln!(out, "\t\telements = {{ {} }}", elems.join(",\n\t\t\t     "));
+    out
+}
+
+fn elements(elem: &[Expr], quoted: &[bool]) -> String {
+    let mut out = String::new();
+    for (i, e) in elem.iter().enumerate() {
+        if i > 0 {
+            out.push_str(",\n\t\t\t     ");
+        }
+        out.push_str(&element(e, quoted));
     }
-    out.push_str("\t}\n");
     out
 }
 
@@ -107,11 +173,7 @@ fn chain_block(chain: &Chain, rules: &[Rule]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "\tchain {} {{", chain.name);
     if let Some(b) = &chain.base {
-        let _ = writeln!(
-            out,
-            "\t\ttype {} hook {} priority {}; policy {};",
-            b.kind, b.hook, b.prio, b.policy
-        );
+        let _ = writeln!(out, "\t\t{}", hook_line(b));
     }
     for r in rules {
         let mut line: Vec<String> = r.expr.iter().map(stmt).collect();

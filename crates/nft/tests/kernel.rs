@@ -77,9 +77,9 @@ fn rejected_replace_leaves_the_live_table_byte_identical() {
     ];
     chain.1.push(rule);
     in_scratch(move |s| {
-        nft::live::install(s, &nft::render::Parts::of(&good)).expect("apply the lab policy");
+        nft::live::install(s, &nft::render::Parts::of(good)).expect("apply the lab policy");
         let before = s.list_table("ward", Format::Text).unwrap().unwrap();
-        let err = nft::live::install(s, &nft::render::Parts::of(&bad))
+        let err = nft::live::install(s, &nft::render::Parts::of(bad))
             .expect_err("the kernel must reject a missing set");
         assert!(
             err.to_string().contains("does-not-exist") || err.to_string().contains("No such file"),
@@ -94,7 +94,7 @@ fn rejected_replace_leaves_the_live_table_byte_identical() {
 fn status_reads_back_what_apply_recorded() {
     let c = compile("lab.yaml");
     let inst = in_scratch(move |s| {
-        nft::live::install(s, &nft::render::Parts::of(&c)).unwrap();
+        nft::live::install(s, &nft::render::Parts::of(c)).unwrap();
         nft::live::read(s, "ward").unwrap().expect("installed")
     });
     assert_eq!(inst.comment_field("sha256"), Some("golden"));
@@ -115,7 +115,7 @@ fn status_reads_back_what_apply_recorded() {
         );
     }
     let removed = in_scratch(|s| {
-        nft::live::install(s, &nft::render::Parts::of(&compile("host.yaml"))).unwrap();
+        nft::live::install(s, &nft::render::Parts::of(compile("host.yaml"))).unwrap();
         let first = nft::live::remove(s, "ward").unwrap();
         let second = nft::live::remove(s, "ward").unwrap();
         (first, second, s.list_table("ward", Format::Text).unwrap())
@@ -149,7 +149,7 @@ fn learned_addresses_commit_refresh_and_remove() {
     for readd_refreshes in [true, false] {
         let c = c.clone();
         in_scratch(move |s| {
-            nft::live::install(s, &nft::render::Parts::of(&c)).unwrap();
+            nft::live::install(s, &nft::render::Parts::of(c)).unwrap();
             let w = SetWriter::new("ward").with_readd_refreshes(readd_refreshes);
             let a4 = "192.0.2.10".parse().unwrap();
             let a6 = "2001:db8::10".parse().unwrap();
@@ -208,4 +208,75 @@ fn learned_addresses_commit_refresh_and_remove() {
             assert!(set_elements(s, "fqdn4-github").is_empty());
         });
     }
+}
+
+/// `n` egress rules that fold into one map keyed by (source, protocol, port range) (a
+/// pipapo set in the kernel) and `n` that fold into one keyed by destination network alone
+/// (an rbtree); `variant` shifts the ports, so two variants share no map.
+fn big_policy(n: u32, variant: u32) -> nft::Compiled {
+    let mut yaml = String::from("interfaces:\n  lan: [lan0]\n  wan: [wan0]\nrules:\n");
+    for i in 0..n {
+        let (b, c) = (i / 256, i % 256);
+        let lo = 1000 + variant * 10 + i % 7;
+        yaml.push_str(&format!(
+            "  - {{id: s{i}, direction: egress, source: 10.{b}.{c}.0/24, protocol: tcp, destination_port: \"{lo}-{}\", action: accept}}\n",
+            lo + 3
+        ));
+    }
+    for i in 0..n {
+        let (b, c) = (i / 256, i % 256);
+        let action = if (i + variant).is_multiple_of(3) {
+            "deny"
+        } else {
+            "accept"
+        };
+        yaml.push_str(&format!(
+            "  - {{id: d{i}, direction: egress, destination: 172.{}.{c}.0/24, action: {action}}}\n",
+            16 + b
+        ));
+    }
+    let checked = policy::parse_str(&yaml, "big.yaml").expect("valid policy");
+    nft::compile(&checked.policy, &nft::Options::default())
+}
+
+#[test]
+fn big_sets_installed_in_pieces_equal_the_table_loaded_whole() {
+    let (a, b) = (big_policy(6000, 0), big_policy(6000, 1));
+    assert_eq!(a.stats.maps, 2, "{:?}", a.stats);
+    let whole_a = nft::live::render_in_scratch(&a).expect("load whole");
+    let whole_b = nft::live::render_in_scratch(&b).expect("load whole");
+    let (first, again, other) = in_scratch(move |s| {
+        let mut listings = Vec::new();
+        for c in [a.clone(), a, b] {
+            nft::live::install(s, &nft::render::Parts::of(c)).expect("install");
+            listings.push(
+                s.list_table("ward", Format::TextStateless)
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        (listings.remove(0), listings.remove(0), listings.remove(0))
+    });
+    // Elements are listed in the order they were added, sets kept from the first table
+    // before those created for the second: compared in one order.
+    let same = |got: &str, want: &str, what: &str| {
+        let (got, want) = (
+            nft::live::in_order_of(got, want),
+            nft::live::in_order_of(want, want),
+        );
+        let diff = similar::TextDiff::from_lines(&want, &got);
+        let d = diff.unified_diff().context_radius(1).to_string();
+        assert!(got == want, "{what}:\n{}", &d[..d.len().min(3000)]);
+    };
+    same(
+        &first,
+        &whole_a,
+        "installed in pieces differs from loaded whole",
+    );
+    same(&again, &whole_a, "re-installing the same table changed it");
+    same(
+        &other,
+        &whole_b,
+        "replacing it with another left a difference",
+    );
 }

@@ -203,7 +203,6 @@ pub fn prepare(
     let p = &l.checked.policy;
     let opts = options(p, table, Some(comment))?;
     let compiled = nft::compile(p, &opts);
-    let parts = nft::render::Parts::of(&compiled);
     let summary = format!(
         "applied {} (sha256 {}): {} rules as {} maps and {} linear rules",
         file.display(),
@@ -212,7 +211,7 @@ pub fn prepare(
         compiled.stats.maps,
         compiled.stats.linear_rules
     );
-    Ok((parts, summary, opts))
+    Ok((nft::render::Parts::of(compiled), summary, opts))
 }
 
 pub fn apply(file: &Path, table: &str, netns: Option<&str>) -> Result {

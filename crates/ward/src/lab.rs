@@ -63,7 +63,7 @@ fn bring_up(names: &LabNames, table: &str) -> Result<(Lab, policy::Policy)> {
                 Some(format!("ward sha256={}", loaded.sha256)),
             )?;
             let compiled = nft::compile(&policy, &opts);
-            nft::live::install(&s, &nft::render::Parts::of(&compiled))?;
+            nft::live::install(&s, &nft::render::Parts::of(compiled))?;
             Ok(())
         })
         .map_err(lab_err)?;
