@@ -1,4 +1,4 @@
-//! How long one learned-address commit takes (SetWriter::commit: libnftables + kernel), in a
+//! How long one learned-address commit takes (SetWriter::commit: netlink + kernel), in a
 //! private network namespace with a table holding name sets. Needs root.
 //!
 //!     cargo run --release -p nft --example set_update_latency [ROUNDS]
@@ -22,7 +22,7 @@ fn main() {
             .policy;
         let c = nft::compile(&policy, &nft::Options::default());
         nft::live::install(&s, &nft::render::Parts::of(c)).expect("apply");
-        let w = SetWriter::new("ward");
+        let w = SetWriter::open("ward").expect("netlink");
         let mut one = Vec::with_capacity(rounds);
         let mut four = Vec::with_capacity(rounds);
         for i in 0..rounds {
@@ -33,10 +33,10 @@ fn main() {
                 timeout: Duration::from_secs(60),
             };
             let t = Instant::now();
-            w.commit(&s, &[op(0)]).expect("commit");
+            w.commit(&[op(0)]).expect("commit");
             one.push(t.elapsed());
             let t = Instant::now();
-            w.commit(&s, &[op(1), op(2), op(3)]).expect("commit");
+            w.commit(&[op(1), op(2), op(3)]).expect("commit");
             four.push(t.elapsed());
         }
         (one, four)

@@ -150,7 +150,9 @@ fn learned_addresses_commit_refresh_and_remove() {
         let c = c.clone();
         in_scratch(move |s| {
             nft::live::install(s, &nft::render::Parts::of(c)).unwrap();
-            let w = SetWriter::new("ward").with_readd_refreshes(readd_refreshes);
+            let w = SetWriter::open("ward")
+                .unwrap()
+                .with_readd_refreshes(readd_refreshes);
             let a4 = "192.0.2.10".parse().unwrap();
             let a6 = "2001:db8::10".parse().unwrap();
             let add = |addr, secs| SetOp::Add {
@@ -158,14 +160,14 @@ fn learned_addresses_commit_refresh_and_remove() {
                 addr,
                 timeout: Duration::from_secs(secs),
             };
-            w.commit(s, &[add(a4, 30), add(a6, 30)]).unwrap();
+            w.commit(&[add(a4, 30), add(a6, 30)]).unwrap();
             let v4 = set_elements(s, "fqdn4-github");
             assert_eq!(v4.len(), 1, "{v4:?}");
             assert!(v4[0].0 == "192.0.2.10" && v4[0].1 <= 30, "{v4:?}");
             assert_eq!(set_elements(s, "fqdn6-github")[0].0, "2001:db8::10");
 
             // A repeated answer extends the lifetime.
-            w.commit(s, &[add(a4, 3600)]).unwrap();
+            w.commit(&[add(a4, 3600)]).unwrap();
             let v4 = set_elements(s, "fqdn4-github");
             assert!(
                 v4[0].1 > 3000,
@@ -174,35 +176,29 @@ fn learned_addresses_commit_refresh_and_remove() {
 
             // Removing a present and an absent address in one batch.
             let gone = "192.0.2.99".parse().unwrap();
-            w.commit(
-                s,
-                &[
-                    SetOp::Remove {
-                        rule: "github",
-                        addr: a4,
-                    },
-                    SetOp::Remove {
-                        rule: "github",
-                        addr: gone,
-                    },
-                ],
-            )
+            w.commit(&[
+                SetOp::Remove {
+                    rule: "github",
+                    addr: a4,
+                },
+                SetOp::Remove {
+                    rule: "github",
+                    addr: gone,
+                },
+            ])
             .unwrap();
             assert!(set_elements(s, "fqdn4-github").is_empty());
 
             // One bad op fails the whole batch and changes nothing.
             let err = w
-                .commit(
-                    s,
-                    &[
-                        add(a4, 30),
-                        SetOp::Add {
-                            rule: "no-such-rule",
-                            addr: a4,
-                            timeout: Duration::from_secs(30),
-                        },
-                    ],
-                )
+                .commit(&[
+                    add(a4, 30),
+                    SetOp::Add {
+                        rule: "no-such-rule",
+                        addr: a4,
+                        timeout: Duration::from_secs(30),
+                    },
+                ])
                 .expect_err("unknown set");
             assert!(err.to_string().contains("No such file"), "{err}");
             assert!(set_elements(s, "fqdn4-github").is_empty());

@@ -4,7 +4,6 @@
 use crate::commands::{self, Failure, Result};
 use dns::{Committer, Learner, Matcher, Proxy, Stats, Update};
 use nft::learn::{SetOp, SetWriter};
-use nft::Session;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -115,7 +114,6 @@ async fn stop_signal() {
 
 /// The kernel side of learning: the policy's name sets in ward's table.
 struct KernelSets {
-    session: Session,
     writer: SetWriter,
     /// Rule ids by policy position (the matcher's rule index).
     rule_ids: Vec<String>,
@@ -124,8 +122,7 @@ struct KernelSets {
 impl KernelSets {
     fn open(table: &str, rule_ids: Vec<String>) -> Result<KernelSets> {
         Ok(KernelSets {
-            session: Session::open()?,
-            writer: SetWriter::new(table),
+            writer: SetWriter::open(table)?,
             rule_ids,
         })
     }
@@ -149,6 +146,6 @@ impl Learner for KernelSets {
                 }),
             })
             .collect();
-        self.writer.commit(&self.session, &ops)
+        self.writer.commit(&ops)
     }
 }
