@@ -603,7 +603,7 @@ def main():
             for k, label in PATHS) + (f" ({lo_bad})" if lo_bad else ""))
     for n, (p50, p99) in sorted(su.items()):
         print(f"set update, {n} address{'es' if n > 1 else ''} per commit "
-              f"(nft SetWriter::commit, libnftables + kernel): p50 {p50} us, p99 {p99} us")
+              f"(nft SetWriter::commit, netlink + kernel): p50 {p50} us, p99 {p99} us")
     for shape, m in mem.items():
         print(f"1M learned addresses, {shape}: process RSS {m['rss_mib']:.1f} MiB "
               f"({m['rss_mib'] * 1.048576:.0f} MB; cache {m['bytes_per_addr']} bytes/address)")

@@ -2,9 +2,9 @@
 //! released queue here, every answer that arrived meanwhile joins one batch and one commit,
 //! and each waiting query learns the commit's result only once it is final.
 //!
-//! It runs on the proxy's own single-threaded event loop and commits inline (a libnftables
-//! transaction takes about 0.1 ms): no thread hand-off per answer, and while it commits, the
-//! next answers gather into the next batch. Measured against a separate commit thread, this
+//! It runs on the proxy's own single-threaded event loop and commits inline (a kernel set
+//! update takes a few µs): no thread hand-off per answer, and while it commits, the next
+//! answers gather into the next batch. Measured against a separate commit thread, this
 //! cut both the CPU per query and the latency tail, the latter a lot on a busy core.
 
 use crate::cache::{Answer, Cache, Update};
@@ -46,7 +46,7 @@ pub struct Committer {
 
 impl Committer {
     /// The handle, and the task to run on the proxy's event loop (with
-    /// `tokio::task::LocalSet::spawn_local`: the learner, say a libnftables context, need not
+    /// `tokio::task::LocalSet::spawn_local`: the learner, say a netlink socket, need not
     /// move between threads). The task ends once every `Committer` clone is dropped.
     pub fn new<L: Learner>(
         settings: &DnsSettings,
