@@ -153,12 +153,14 @@ pub fn install(session: &Session, parts: &Parts) -> Result<(), NftError> {
         .iter()
         .filter(|c| !live.exists || (c.base.is_none() && !live.chains.contains_key(&c.name)))
         .collect();
-    let done = if !live.exists || !missing.is_empty() {
-        create_sets(session, t, &missing, &new_chains)
+    // One transaction: if the kernel rejects it, nothing has changed yet.
+    let chunks = if !live.exists || !missing.is_empty() {
+        create_sets(session, t, &missing, &new_chains)?
     } else {
-        Ok(())
+        Vec::new()
     };
-    done.and_then(|()| session.apply_text(&swap_script(parts, &live)))
+    fill(t, &chunks)
+        .and_then(|()| session.apply_text(&swap_script(parts, &live)))
         .map_err(|e| {
             let undo = if !live.exists {
                 format!("delete table inet {t}\n")
@@ -182,24 +184,25 @@ pub fn install(session: &Session, parts: &Parts) -> Result<(), NftError> {
         })
 }
 
-/// Sets with more elements than this are created empty and filled by `add element` commands
-/// of this many elements, sent from several threads (`fill`).
+/// Splittable sets with more elements than this are created empty and filled by `add element`
+/// commands of this many elements, sent from several threads (`fill`).
 const CHUNK: usize = 2500;
 
-/// Step 1: creates the table if needed, declares `chains` (empty) and creates `sets`.
-fn create_sets(
+/// Step 1: creates the table if needed, declares `chains` (empty) and creates `sets`; the
+/// elements of big sets are left to `fill`, in the chunks returned.
+fn create_sets<'p>(
     session: &Session,
     t: &str,
-    sets: &[&SetPart],
+    sets: &[&'p SetPart],
     chains: &[&ChainPart],
-) -> Result<(), NftError> {
+) -> Result<Vec<Chunk<'p>>, NftError> {
     let mut script = format!("table inet {t} {{\n");
     for c in chains {
         script.push_str(&c.declaration());
     }
     let mut chunks = Vec::new();
     for s in sets {
-        if s.len() <= CHUNK {
+        if s.len() <= CHUNK || !s.splittable {
             script.push_str(&s.block(0..s.len()));
         } else {
             script.push_str(&s.block(0..0));
@@ -210,14 +213,17 @@ fn create_sets(
     }
     script.push_str("}\n");
     session.apply_text(&script)?;
-    fill(t, &chunks)
+    Ok(chunks)
 }
+
+/// Elements `range` of a set.
+type Chunk<'p> = (&'p SetPart, std::ops::Range<usize>);
 
 /// Sends `add element` commands from up to 4 threads, each with a libnftables context of its
 /// own (they start in the caller's network namespace): libnftables parses them in parallel
 /// while the kernel inserts one transaction at a time. At 10k elements this takes a third
 /// less time than one command.
-fn fill(t: &str, chunks: &[(&SetPart, std::ops::Range<usize>)]) -> Result<(), NftError> {
+fn fill(t: &str, chunks: &[Chunk<'_>]) -> Result<(), NftError> {
     let next = AtomicUsize::new(0);
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())

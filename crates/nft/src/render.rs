@@ -36,6 +36,10 @@ pub struct Parts {
 pub struct SetPart {
     pub name: String,
     pub is_map: bool,
+    /// Whether its elements may be added in several transactions. Not for an interval set of
+    /// one field (an rbtree in the kernel): there, adjacent intervals sent in separate
+    /// transactions are now and then refused as overlapping.
+    pub splittable: bool,
     /// `\tset NAME {` (or `map`) and the declaration, without elements or closing brace.
     head: String,
     elem: Vec<Expr>,
@@ -116,6 +120,8 @@ impl Parts {
                 .map(|s| SetPart {
                     name: s.name.clone(),
                     is_map: s.map.is_some(),
+                    splittable: !(s.flags.contains(&"interval")
+                        && matches!(s.key_type, KeyType::Single(_))),
                     head: set_head(&s),
                     quoted: quoted(&s),
                     elem: s.elem,

@@ -207,8 +207,8 @@ fn learned_addresses_commit_refresh_and_remove() {
 }
 
 /// `n` egress rules that fold into one map keyed by (source, protocol, port range) (a
-/// pipapo set in the kernel) and `n` that fold into one keyed by destination network alone
-/// (an rbtree); `variant` shifts the ports, so two variants share no map.
+/// pipapo set in the kernel, filled in pieces) and `n` that fold into one keyed by adjacent
+/// destination networks alone (an rbtree, sent whole); `variant` changes both maps.
 fn big_policy(n: u32, variant: u32) -> nft::Compiled {
     let mut yaml = String::from("interfaces:\n  lan: [lan0]\n  wan: [wan0]\nrules:\n");
     for i in 0..n {
