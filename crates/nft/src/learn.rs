@@ -111,7 +111,7 @@ impl SetWriter {
     }
 
     /// Reads replies until the acknowledgement of message `last`; the first error reported
-    /// for a message of this batch (seq `first..=last`) fails it.
+    /// for a message of this batch (seq `first..=last`, in order) fails it.
     fn wait_for(&self, first: u32, last: u32) -> Result<(), NftError> {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
@@ -178,10 +178,14 @@ fn u32_at(buf: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap_or_default())
 }
 
-/// One nfnetlink batch: begin, element messages (each acknowledged), end.
+/// One nfnetlink batch: begin, element messages, end. Only the last element message asks
+/// for an acknowledgement (the kernel reports any message's error anyway): one ack per
+/// message could overflow the socket's receive buffer for a large batch.
 struct Batch {
     buf: Vec<u8>,
     seq: u32,
+    /// Where the last element message starts.
+    last: Option<usize>,
 }
 
 impl Batch {
@@ -189,13 +193,14 @@ impl Batch {
         let mut b = Batch {
             buf: Vec::with_capacity(512),
             seq,
+            last: None,
         };
         let at = b.header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
         b.close(at);
         b
     }
 
-    /// `NEWSETELEM` / `DELSETELEM` of one address, acknowledged.
+    /// `NEWSETELEM` / `DELSETELEM` of one address.
     fn element(
         &mut self,
         msg: u16,
@@ -204,14 +209,13 @@ impl Batch {
         addr: IpAddr,
         timeout: Option<Duration>,
     ) {
-        let flags = NLM_F_REQUEST
-            | NLM_F_ACK
-            | if msg == NFT_MSG_NEWSETELEM {
-                NLM_F_CREATE
-            } else {
-                0
-            };
+        let flags = if msg == NFT_MSG_NEWSETELEM {
+            NLM_F_REQUEST | NLM_F_CREATE
+        } else {
+            NLM_F_REQUEST
+        };
         let at = self.header((NFNL_SUBSYS_NFTABLES << 8) | msg, flags, NFPROTO_INET, 0);
+        self.last = Some(at);
         self.attr(NFTA_SET_ELEM_LIST_TABLE, &cstr(table));
         self.attr(NFTA_SET_ELEM_LIST_SET, &cstr(set));
         let elements = self.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
@@ -233,6 +237,10 @@ impl Batch {
 
     /// Ends the batch; returns the sequence number of its last element message.
     fn finish(&mut self) -> u32 {
+        if let Some(at) = self.last {
+            let flags = u16::from_ne_bytes([self.buf[at + 6], self.buf[at + 7]]) | NLM_F_ACK;
+            self.buf[at + 6..at + 8].copy_from_slice(&flags.to_ne_bytes());
+        }
         let last = self.seq.wrapping_sub(1);
         let at = self.header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
         self.close(at);
@@ -346,5 +354,28 @@ mod tests {
         assert!(hex.contains("0d0002006671646e342d676800"), "{hex}");
         assert!(hex.contains("08000100c0000201"), "{hex}");
         assert!(hex.contains("0c0004000000000000007530"), "{hex}");
+    }
+
+    #[test]
+    fn only_the_last_element_message_asks_for_an_ack() {
+        let mut b = Batch::new(1);
+        let addr: IpAddr = "2001:db8::1".parse().expect("ip");
+        b.element(
+            NFT_MSG_NEWSETELEM,
+            "ward",
+            "s",
+            addr,
+            Some(Duration::from_secs(1)),
+        );
+        b.element(NFT_MSG_DELSETELEM, "ward", "s", addr, None);
+        b.finish();
+        let mut at = 0;
+        let mut acks = Vec::new();
+        while at < b.buf.len() {
+            let flags = u16::from_ne_bytes([b.buf[at + 6], b.buf[at + 7]]);
+            acks.push(flags & NLM_F_ACK != 0);
+            at += u32_at(&b.buf, at) as usize;
+        }
+        assert_eq!(acks, [false, false, true, false]);
     }
 }

@@ -189,19 +189,20 @@ fn learned_addresses_commit_refresh_and_remove() {
             .unwrap();
             assert!(set_elements(s, "fqdn4-github").is_empty());
 
-            // One bad op fails the whole batch and changes nothing.
-            let err = w
-                .commit(&[
-                    add(a4, 30),
-                    SetOp::Add {
-                        rule: "no-such-rule",
-                        addr: a4,
-                        timeout: Duration::from_secs(30),
-                    },
-                ])
-                .expect_err("unknown set");
-            assert!(err.to_string().contains("No such file"), "{err}");
-            assert!(set_elements(s, "fqdn4-github").is_empty());
+            // One bad op, first or last, fails the whole batch and changes nothing.
+            let bad = SetOp::Add {
+                rule: "no-such-rule",
+                addr: a4,
+                timeout: Duration::from_secs(30),
+            };
+            for batch in [[add(a4, 30), bad], [bad, add(a4, 30)]] {
+                let err = w.commit(&batch).expect_err("unknown set");
+                assert!(err.to_string().contains("No such file"), "{err}");
+                assert!(set_elements(s, "fqdn4-github").is_empty());
+            }
+            // The writer is still in step with its socket afterwards.
+            w.commit(&[add(a4, 30)]).unwrap();
+            assert_eq!(set_elements(s, "fqdn4-github").len(), 1);
         });
     }
 }
