@@ -144,6 +144,16 @@ def _on_signal(signum, _frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def require_free_lab(lab):
+    """Exit if a namespace of the lab `lab` (the `ward lab --lan L --fw F --wan W` command
+    prefix) is already there, naming the command that removes it."""
+    names = [lab[lab.index(flag) + 1] for flag in ("--lan", "--fw", "--wan")]
+    for ns in names:
+        if os.path.exists(f"/run/netns/{ns}"):
+            sys.exit(f"namespace {ns} already exists (a previous run?); remove it with "
+                     f"`{' '.join(lab)} down`")
+
+
 def install_cleanup():
     atexit.register(cleanup_namespaces)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored

@@ -422,10 +422,7 @@ def main():
         sys.exit("must run as root (network namespaces, nftables)")
     common.install_cleanup()
     t_start = time.perf_counter()
-    for ns in (LAN, FW, WAN):
-        if os.path.exists(f"/run/netns/{ns}"):
-            sys.exit(f"namespace {ns} already exists (a previous run?); remove it with "
-                     f"`{' '.join(LAB)} down`")
+    common.require_free_lab(LAB)
     if not args.no_build:
         build()
     busy_start = cpu_busy()

@@ -126,10 +126,7 @@ def main():
     common.require_ward()
     common.install_cleanup()
     t_start = time.perf_counter()
-    for ns in (LAN, FW, WAN):
-        if os.path.exists(f"/run/netns/{ns}"):
-            sys.exit(f"namespace {ns} already exists (a previous run?); remove it with "
-                     f"`{' '.join(LAB)} down`")
+    common.require_free_lab(LAB)
 
     tmp = tempfile.mkdtemp(prefix="wbench-tp-")
     empty_yaml = os.path.join(tmp, "empty.yaml")

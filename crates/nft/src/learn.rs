@@ -113,7 +113,8 @@ impl SetWriter {
     /// Reads replies until the acknowledgement of message `last`; the first error reported
     /// for a message of this batch (seq `first..=last`, in order) fails it.
     fn wait_for(&self, first: u32, last: u32) -> Result<(), NftError> {
-        let mut buf = vec![0u8; 16 * 1024];
+        // Acks are 36 bytes, an error echoes one element message: a page holds many.
+        let mut buf = [0u8; 8192];
         loop {
             let n = recv(self.sock.as_raw_fd(), &mut buf, MsgFlags::empty())
                 .map_err(|e| NftError::Rejected(format!("netlink reply: {e}")))?;
@@ -329,15 +330,7 @@ mod tests {
         );
         let last = b.finish();
         assert_eq!(last, 8, "begin is 7, the element 8, end 9");
-        let mut at = 0;
-        let mut types = Vec::new();
-        while at < b.buf.len() {
-            let len = u32_at(&b.buf, at) as usize;
-            assert_eq!(len % 4, 0);
-            types.push(u16::from_ne_bytes([b.buf[at + 4], b.buf[at + 5]]));
-            at += len;
-        }
-        assert_eq!(at, b.buf.len());
+        let types: Vec<u16> = messages(&b.buf).iter().map(|m| m.0).collect();
         assert_eq!(
             types,
             [
@@ -369,13 +362,28 @@ mod tests {
         );
         b.element(NFT_MSG_DELSETELEM, "ward", "s", addr, None);
         b.finish();
-        let mut at = 0;
-        let mut acks = Vec::new();
-        while at < b.buf.len() {
-            let flags = u16::from_ne_bytes([b.buf[at + 6], b.buf[at + 7]]);
-            acks.push(flags & NLM_F_ACK != 0);
-            at += u32_at(&b.buf, at) as usize;
-        }
+        let acks: Vec<bool> = messages(&b.buf)
+            .iter()
+            .map(|m| m.1 & NLM_F_ACK != 0)
+            .collect();
         assert_eq!(acks, [false, false, true, false]);
+    }
+
+    /// Type and flags of each message in a batch, checking that the lengths tile it in
+    /// 4-byte-aligned pieces.
+    fn messages(buf: &[u8]) -> Vec<(u16, u16)> {
+        let mut at = 0;
+        let mut out = Vec::new();
+        while at < buf.len() {
+            let len = u32_at(buf, at) as usize;
+            assert_eq!(len % 4, 0);
+            out.push((
+                u16::from_ne_bytes([buf[at + 4], buf[at + 5]]),
+                u16::from_ne_bytes([buf[at + 6], buf[at + 7]]),
+            ));
+            at += len;
+        }
+        assert_eq!(at, buf.len());
+        out
     }
 }

@@ -12,12 +12,8 @@ use std::fmt::Write;
 pub fn to_nft(c: &Compiled) -> String {
     let mut out = format!("table {} {} {{\n", c.table.family, c.table.name);
     for set in &c.sets {
-        out.push_str(&set_head(set));
-        if !set.elem.is_empty() {
-            let all = elements(&set.elem, &quoted(set));
-            let _ = writeln!(out, "\t\telements = {{ {all} }}");
-        }
-        out.push_str("\t}\n\n");
+        out.push_str(&set_block(&set_head(set), &set.elem, &quoted(set)));
+        out.push('\n');
     }
     let blocks: Vec<String> = c.chains.iter().map(|(c, r)| chain_block(c, r)).collect();
     out.push_str(&blocks.join("\n"));
@@ -57,13 +53,7 @@ impl SetPart {
 
     /// The set with the elements in `range`, to go inside a `table` block.
     pub fn block(&self, range: std::ops::Range<usize>) -> String {
-        let mut out = self.head.clone();
-        if !range.is_empty() {
-            let e = elements(&self.elem[range], &self.quoted);
-            let _ = writeln!(out, "\t\telements = {{ {e} }}");
-        }
-        out.push_str("\t}\n");
-        out
+        set_block(&self.head, &self.elem[range], &self.quoted)
     }
 
     /// `add element` for the elements in `range`.
@@ -161,6 +151,16 @@ fn set_head(set: &Set) -> String {
     if let Some(cm) = &set.comment {
         let _ = writeln!(out, "\t\tcomment {}", quote(cm));
     }
+    out
+}
+
+/// A set's declaration (`set_head`) with `elem` and the closing brace.
+fn set_block(head: &str, elem: &[Expr], quoted: &[bool]) -> String {
+    let mut out = head.to_string();
+    if !elem.is_empty() {
+        let _ = writeln!(out, "\t\telements = {{ {} }}", elements(elem, quoted));
+    }
+    out.push_str("\t}\n");
     out
 }
 

@@ -24,7 +24,6 @@ pub enum NftError {
 
 type CtxNew = unsafe extern "C" fn(u32) -> *mut c_void;
 type CtxFree = unsafe extern "C" fn(*mut c_void);
-type SetDryRun = unsafe extern "C" fn(*mut c_void, bool);
 type SetFlags = unsafe extern "C" fn(*mut c_void, c_uint);
 type Buffer = unsafe extern "C" fn(*mut c_void) -> c_int;
 type GetBuffer = unsafe extern "C" fn(*mut c_void) -> *const c_char;
@@ -53,7 +52,6 @@ pub struct Session {
 /// The libnftables functions used per command; valid while `Session::lib` stays loaded.
 struct Fns {
     set_flags: SetFlags,
-    set_dry: SetDryRun,
     run: RunCmd,
     get_out: GetBuffer,
     get_err: GetBuffer,
@@ -73,7 +71,6 @@ impl Session {
         let (f, new) = unsafe {
             let f = Fns {
                 set_flags: *sym::<SetFlags>(&lib, b"nft_ctx_output_set_flags\0")?,
-                set_dry: *sym::<SetDryRun>(&lib, b"nft_ctx_set_dry_run\0")?,
                 run: *sym::<RunCmd>(&lib, b"nft_run_cmd_from_buffer\0")?,
                 get_out: *sym::<GetBuffer>(&lib, b"nft_ctx_get_output_buffer\0")?,
                 get_err: *sym::<GetBuffer>(&lib, b"nft_ctx_get_error_buffer\0")?,
@@ -100,21 +97,12 @@ impl Session {
 
     /// Runs a JSON batch; the kernel applies all of it or nothing.
     pub fn apply_json(&self, json: &str) -> Result<(), NftError> {
-        self.run(json, OUTPUT_JSON, false).map(|_| ())
+        self.run(json, OUTPUT_JSON).map(|_| ())
     }
 
-    /// Has the kernel check a JSON batch without committing it.
-    pub fn check_json(&self, json: &str) -> Result<(), NftError> {
-        self.run(json, OUTPUT_JSON, true).map(|_| ())
-    }
-
-    /// Runs commands written in nft's language (used to restore snapshots).
+    /// Runs commands written in nft's language, as one transaction.
     pub fn apply_text(&self, text: &str) -> Result<(), NftError> {
-        self.run(text, 0, false).map(|_| ())
-    }
-
-    pub fn check_text(&self, text: &str) -> Result<(), NftError> {
-        self.run(text, 0, true).map(|_| ())
+        self.run(text, 0).map(|_| ())
     }
 
     /// `list table inet NAME`; `Ok(None)` when the table does not exist.
@@ -125,7 +113,7 @@ impl Session {
             Format::Text => 0,
             Format::TextStateless => OUTPUT_STATELESS,
         };
-        match self.run(&format!("list table inet {table}"), flags, false) {
+        match self.run(&format!("list table inet {table}"), flags) {
             Ok(out) => Ok(Some(out)),
             Err(NftError::Rejected(e)) if e.contains("No such file or directory") => Ok(None),
             Err(e) => Err(e),
@@ -134,10 +122,10 @@ impl Session {
 
     /// Runs a listing command (`list set inet ward NAME`, ...) and returns its JSON output.
     pub fn list_json(&self, cmd: &str) -> Result<String, NftError> {
-        self.run(cmd, OUTPUT_JSON, false)
+        self.run(cmd, OUTPUT_JSON)
     }
 
-    fn run(&self, cmd: &str, flags: c_uint, dry_run: bool) -> Result<String, NftError> {
+    fn run(&self, cmd: &str, flags: c_uint) -> Result<String, NftError> {
         let c = CString::new(cmd)
             .map_err(|_| NftError::Rejected("command contains a NUL byte".into()))?;
         // SAFETY: `ctx` is live for `self`'s lifetime; buffers returned by libnftables are
@@ -145,7 +133,6 @@ impl Session {
         unsafe {
             let f = &self.f;
             (f.set_flags)(self.ctx, flags);
-            (f.set_dry)(self.ctx, dry_run);
             let rc = (f.run)(self.ctx, c.as_ptr());
             let out = cstr((f.get_out)(self.ctx));
             let err = cstr((f.get_err)(self.ctx));

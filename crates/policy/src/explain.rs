@@ -26,6 +26,28 @@ pub struct Probe {
     pub established: bool,
 }
 
+impl Probe {
+    /// A new flow on any interfaces.
+    pub fn new(
+        src: IpAddr,
+        dst: Target,
+        proto: Protocol,
+        dport: Option<u16>,
+        direction: Direction,
+    ) -> Probe {
+        Probe {
+            src,
+            dst,
+            proto,
+            dport,
+            direction,
+            in_interface: None,
+            out_interface: None,
+            established: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub action: Action,

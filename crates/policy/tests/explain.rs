@@ -19,16 +19,7 @@ fn probe(
     dport: Option<u16>,
     direction: Direction,
 ) -> Probe {
-    Probe {
-        src: ip(src),
-        dst,
-        proto,
-        dport,
-        direction,
-        in_interface: None,
-        out_interface: None,
-        established: false,
-    }
+    Probe::new(ip(src), dst, proto, dport, direction)
 }
 
 fn tcp_to(dst: &str, port: u16) -> Probe {

@@ -337,16 +337,7 @@ fn deciding_rule(
     dport: Option<u16>,
     direction: Direction,
 ) -> String {
-    let probe = policy::Probe {
-        src,
-        dst,
-        proto,
-        dport,
-        direction,
-        in_interface: None,
-        out_interface: None,
-        established: false,
-    };
+    let probe = policy::Probe::new(src, dst, proto, dport, direction);
     policy::explain(policy, &probe).verdict.rule_id
 }
 
