@@ -15,7 +15,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WARD = os.path.join(ROOT, "target", "release", "ward")
+# Where cargo builds: $CARGO_TARGET_DIR if set (relative to the repository), else target/.
+TARGET_DIR = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target")
+WARD = os.path.join(TARGET_DIR, "release", "ward")
 NS_PREFIX = "wbench-"
 
 HEADER = """\

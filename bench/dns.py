@@ -54,7 +54,7 @@ BASELINE_P99_MAX_US = 1000
 TARGET_ADDED_P99_US = 1000
 FALLBACK_STEP = 0.8             # an unclean baseline at R: try R * 0.8, R * 0.64, ...
 
-TARGET_DIR = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target")
+TARGET_DIR = common.TARGET_DIR
 REL = os.path.join(TARGET_DIR, "release")
 WARD = os.path.join(REL, "ward")
 DNS_LOAD = os.path.join(REL, "examples", "dns_load")

@@ -5,6 +5,7 @@ pub mod compile;
 pub mod dnsplan;
 pub mod learn;
 pub mod live;
+mod netlink;
 pub mod netns;
 pub mod render;
 pub mod schema;

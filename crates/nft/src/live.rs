@@ -5,13 +5,13 @@
 use crate::compile::{
     Compiled, DEFAULT_ACCEPT, DEFAULT_DENY, DNS_INTERCEPT, DNS_PROXY, DNS_UPSTREAM, INFO_CHAIN,
 };
+use crate::netlink;
 use crate::render::{ChainPart, Parts, SetPart};
 use crate::schema::BaseChain;
 use crate::session::{Format, NftError, Session};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Packets and bytes counted for one rule id (summed over all its elements and rules).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -154,12 +154,10 @@ pub fn install(session: &Session, parts: &Parts) -> Result<(), NftError> {
         .filter(|c| !live.exists || (c.base.is_none() && !live.chains.contains_key(&c.name)))
         .collect();
     // One transaction: if the kernel rejects it, nothing has changed yet.
-    let chunks = if !live.exists || !missing.is_empty() {
-        create_sets(session, t, &missing, &new_chains)?
-    } else {
-        Vec::new()
-    };
-    fill(t, &chunks)
+    if !live.exists || !missing.is_empty() {
+        create_sets(session, t, &missing, &new_chains)?;
+    }
+    fill(t, &missing)
         .and_then(|()| session.apply_text(&swap_script(parts, &live)))
         .map_err(|e| {
             let undo = if !live.exists {
@@ -184,68 +182,38 @@ pub fn install(session: &Session, parts: &Parts) -> Result<(), NftError> {
         })
 }
 
-/// Splittable sets with more elements than this are created empty and filled by `add element`
-/// commands of this many elements, sent from several threads (`fill`).
-const CHUNK: usize = 2500;
-
-/// Step 1: creates the table if needed, declares `chains` (empty) and creates `sets`; the
-/// elements of big sets are left to `fill`, in the chunks returned.
-fn create_sets<'p>(
+/// Step 1: creates the table if needed, declares `chains` (empty) and creates `sets`, with
+/// their elements unless they go over netlink (`fill`).
+fn create_sets(
     session: &Session,
     t: &str,
-    sets: &[&'p SetPart],
+    sets: &[&SetPart],
     chains: &[&ChainPart],
-) -> Result<Vec<Chunk<'p>>, NftError> {
+) -> Result<(), NftError> {
     let mut script = format!("table inet {t} {{\n");
     for c in chains {
         script.push_str(&c.declaration());
     }
-    let mut chunks = Vec::new();
     for s in sets {
-        if s.len() <= CHUNK || !s.splittable {
-            script.push_str(&s.block(0..s.len()));
-        } else {
-            script.push_str(&s.block(0..0));
-            for lo in (0..s.len()).step_by(CHUNK) {
-                chunks.push((*s, lo..(lo + CHUNK).min(s.len())));
-            }
-        }
+        script.push_str(&s.block);
     }
     script.push_str("}\n");
-    session.apply_text(&script)?;
-    Ok(chunks)
+    session.apply_text(&script)
 }
 
-/// Elements `range` of a set.
-type Chunk<'p> = (&'p SetPart, std::ops::Range<usize>);
-
-/// Sends `add element` commands from up to 4 threads, each with a libnftables context of its
-/// own (they start in the caller's network namespace): libnftables parses them in parallel
-/// while the kernel inserts one transaction at a time. At 10k elements this takes a third
-/// less time than one command.
-fn fill(t: &str, chunks: &[Chunk<'_>]) -> Result<(), NftError> {
-    let next = AtomicUsize::new(0);
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 4)
-        .min(chunks.len());
-    let work = || -> Result<(), NftError> {
-        let s = Session::open()?;
-        while let Some((set, range)) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) {
-            if let Err(e) = s.apply_text(&set.add_elements(t, range.clone())) {
-                next.store(chunks.len(), Ordering::Relaxed); // the others stop too
-                return Err(e);
-            }
+/// Adds the elements ward encodes itself to the sets just created, in one transaction.
+fn fill(t: &str, sets: &[&SetPart]) -> Result<(), NftError> {
+    let mut todo = sets
+        .iter()
+        .filter_map(|s| s.netlink.as_ref().map(|e| (&s.name, e)))
+        .peekable();
+    if todo.peek().is_none() {
+        return Ok(());
+    }
+    netlink::Socket::open()?.commit(|b| {
+        for (name, elements) in todo {
+            b.elements(netlink::NFT_MSG_NEWSETELEM, t, name, &elements.bytes);
         }
-        Ok(())
-    };
-    std::thread::scope(|scope| {
-        let threads: Vec<_> = (0..workers).map(|_| scope.spawn(work)).collect();
-        // The scope joins every thread anyway; the first error is reported.
-        threads.into_iter().try_for_each(|h| {
-            h.join()
-                .unwrap_or_else(|_| Err(NftError::Init("a set-filling thread panicked".into())))
-        })
     })
 }
 

@@ -32,35 +32,12 @@ pub struct Parts {
 pub struct SetPart {
     pub name: String,
     pub is_map: bool,
-    /// Whether its elements may be added in several transactions. Not for an interval set of
-    /// one field (an rbtree in the kernel): there, adjacent intervals sent in separate
-    /// transactions are now and then refused as overlapping.
-    pub splittable: bool,
-    /// `\tset NAME {` (or `map`) and the declaration, without elements or closing brace.
-    head: String,
-    elem: Vec<Expr>,
-    quoted: Vec<bool>,
-}
-
-impl SetPart {
-    pub fn len(&self) -> usize {
-        self.elem.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.elem.is_empty()
-    }
-
-    /// The set with the elements in `range`, to go inside a `table` block.
-    pub fn block(&self, range: std::ops::Range<usize>) -> String {
-        set_block(&self.head, &self.elem[range], &self.quoted)
-    }
-
-    /// `add element` for the elements in `range`.
-    pub fn add_elements(&self, table: &str, range: std::ops::Range<usize>) -> String {
-        let e = elements(&self.elem[range], &self.quoted);
-        format!("add element inet {table} {} {{ {e} }}\n", self.name)
-    }
+    /// `\tset NAME {...}\n` (or `map`), to go inside a `table` block: the declaration, with
+    /// the elements unless `netlink` holds them.
+    pub block: String,
+    /// The elements, encoded for netlink, when ward can write them itself: they are sent once
+    /// the set exists, faster than libnftables would parse them.
+    pub(crate) netlink: Option<crate::netlink::Elements>,
 }
 
 pub struct ChainPart {
@@ -104,19 +81,30 @@ impl Parts {
                     block: chain_block(chain, rules),
                 })
                 .collect(),
-            sets: c
-                .sets
-                .into_iter()
-                .map(|s| SetPart {
-                    name: s.name.clone(),
-                    is_map: s.map.is_some(),
-                    splittable: !(s.flags.contains(&"interval")
-                        && matches!(s.key_type, KeyType::Single(_))),
-                    head: set_head(&s),
-                    quoted: quoted(&s),
-                    elem: s.elem,
-                })
-                .collect(),
+            sets: c.sets.into_iter().map(SetPart::of).collect(),
+        }
+    }
+}
+
+impl SetPart {
+    fn of(set: Set) -> SetPart {
+        let head = set_head(&set);
+        let types = key_types(&set);
+        let layout = crate::netlink::KeyLayout {
+            types: &types,
+            interval: set.flags.contains(&"interval"),
+        };
+        let netlink = match layout.encode(&set.elem) {
+            Ok(e) if e.count > 0 => Some(e),
+            // Empty, or not a kind of element ward encodes: libnftables takes them.
+            _ => None,
+        };
+        let elem: &[Expr] = if netlink.is_some() { &[] } else { &set.elem };
+        SetPart {
+            block: set_block(&head, elem, &quoted(&set)),
+            name: set.name,
+            is_map: set.map.is_some(),
+            netlink,
         }
     }
 }
@@ -225,7 +213,8 @@ fn element(e: &Expr, quoted: &[bool]) -> String {
 /// `quote_strings`: the strings here are interface names, which nft wants in quotes.
 fn expr(e: &Expr, quote_strings: bool) -> String {
     match e {
-        Expr::Str(v) if quote_strings => quote(v),
+        // `@name` is a set of names, not a name (the policy check rejects names with '@').
+        Expr::Str(v) if quote_strings && !v.starts_with('@') => quote(v),
         Expr::Str(v) => v.clone(),
         Expr::Num(n) => n.to_string(),
         Expr::Pair(p) => format!("{} : {}", expr(&p.0, false), expr(&p.1, false)),

@@ -67,7 +67,7 @@ pub struct Rule {
 }
 
 /// A named set, or a map when `map` is set.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Hash)]
 pub struct Set {
     pub family: &'static str,
     pub table: String,
@@ -87,7 +87,7 @@ pub struct Set {
     pub comment: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Hash)]
 #[serde(untagged)]
 pub enum KeyType {
     Single(&'static str),
@@ -104,7 +104,7 @@ pub struct Element {
 }
 
 /// `null` in JSON: the payload of argument-less statements such as `{"accept": null}`.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Hash)]
 pub struct Null;
 
 impl Null {
@@ -113,7 +113,7 @@ impl Null {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Hash)]
 #[serde(untagged)]
 pub enum Expr {
     Str(String),
@@ -126,7 +126,7 @@ pub enum Expr {
     Verdict(Verdict),
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Named {
     Payload {
@@ -153,7 +153,7 @@ pub enum Named {
     },
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Accept(Option<Null>),
@@ -176,7 +176,7 @@ impl Verdict {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Stmt {
     Match {
@@ -207,7 +207,7 @@ pub enum Stmt {
     Verdict(Verdict),
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Hash)]
 pub struct Nat {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub addr: Option<Expr>,

@@ -236,6 +236,70 @@ fn big_policy(n: u32, variant: u32) -> nft::Compiled {
     nft::compile(&checked.policy, &nft::Options::default())
 }
 
+/// Elements are listed in the order they were added, and sets kept from an earlier table
+/// before those created for a later one: listings are compared in one order.
+fn same(got: &str, want: &str, what: &str) {
+    let (got, want) = (
+        nft::live::in_order_of(got, want),
+        nft::live::in_order_of(want, want),
+    );
+    let diff = similar::TextDiff::from_lines(&want, &got);
+    let d = diff.unified_diff().context_radius(1).to_string();
+    assert!(got == want, "{what}:\n{}", &d[..d.len().min(3000)]);
+}
+
+/// `install` writes map elements over netlink itself (`nft::netlink`): every kind of key and
+/// verdict ward's maps hold must list exactly as when libnftables loads the table whole.
+#[test]
+fn map_elements_written_over_netlink_list_as_libnftables_loads_them() {
+    let yaml = r#"
+interfaces:
+  lan: [lan0, lan1]
+  wan: [wan0]
+rules:
+  # interface . IPv6 address . protocol . port, with ranges; a jump to a log chain
+  - {id: a1, direction: egress, in_interface: lan0, destination: "2001:db8:1::/48", protocol: tcp, destination_port: "1000-1010", action: accept}
+  - {id: a2, direction: egress, in_interface: lan1, destination: "2001:db8:2::1", protocol: udp, destination_port: 53, action: deny, log: true}
+  # interface . protocol: no ranges, a hash in the kernel
+  - {id: b1, direction: egress, in_interface: lan0, protocol: tcp, action: accept}
+  - {id: b2, direction: egress, in_interface: lan1, protocol: udp, action: deny}
+  # a protocol alone: a one-byte key
+  - {id: c1, direction: ingress, protocol: tcp, action: deny}
+  - {id: c2, direction: ingress, protocol: udp, action: accept}
+  # IPv4 source . destination, prefixes and hosts
+  - {id: d1, direction: ingress, source: 198.51.100.0/24, destination: 10.1.0.0/16, action: accept}
+  - {id: d2, direction: ingress, source: 203.0.113.7, destination: 10.2.0.9, action: deny}
+"#;
+    let c = nft::compile(
+        &policy::parse_str(yaml, "kinds.yaml")
+            .expect("valid policy")
+            .policy,
+        &nft::Options::default(),
+    );
+    assert_eq!(c.stats.maps, 4, "{:?}", c.stats);
+    let whole = nft::live::render_in_scratch(&c).expect("load whole");
+    let parts = nft::render::Parts::of(c);
+    for set in parts.sets.iter().filter(|s| s.is_map) {
+        assert!(
+            !set.block.contains("elements"),
+            "{} would not be written over netlink:\n{}",
+            set.name,
+            set.block
+        );
+    }
+    let installed = in_scratch(move |s| {
+        nft::live::install(s, &parts).expect("install");
+        s.list_table("ward", Format::TextStateless)
+            .unwrap()
+            .unwrap()
+    });
+    same(
+        &installed,
+        &whole,
+        "written over netlink differs from loaded whole",
+    );
+}
+
 #[test]
 fn big_sets_installed_in_pieces_equal_the_table_loaded_whole() {
     let (a, b) = (big_policy(6000, 0), big_policy(6000, 1));
@@ -254,17 +318,6 @@ fn big_sets_installed_in_pieces_equal_the_table_loaded_whole() {
         }
         (listings.remove(0), listings.remove(0), listings.remove(0))
     });
-    // Elements are listed in the order they were added, sets kept from the first table
-    // before those created for the second: compared in one order.
-    let same = |got: &str, want: &str, what: &str| {
-        let (got, want) = (
-            nft::live::in_order_of(got, want),
-            nft::live::in_order_of(want, want),
-        );
-        let diff = similar::TextDiff::from_lines(&want, &got);
-        let d = diff.unified_diff().context_radius(1).to_string();
-        assert!(got == want, "{what}:\n{}", &d[..d.len().min(3000)]);
-    };
     same(
         &first,
         &whole_a,

@@ -334,6 +334,12 @@ fn check_ifname(text: &str) -> Result<(), String> {
             "interface name {text:?} contains {c:?}, which Linux does not allow"
         ));
     }
+    // nftables reads a leading '@' as the name of a set.
+    if text.starts_with('@') {
+        return Err(format!(
+            "interface name {text:?} starts with '@', which nftables reads as a set name"
+        ));
+    }
     // Linux allows '"', but nft's language has no way to write it inside a quoted name.
     if text.contains('"') {
         return Err(format!(

@@ -698,6 +698,13 @@ fn interface_rules() {
         "contains '\"', which nftables cannot match",
     );
     only_err(
+        "interfaces:\n  lan: eth1\n  wan: '@up'\n",
+        3,
+        8,
+        "interfaces.wan",
+        "starts with '@', which nftables reads as a set name",
+    );
+    only_err(
         "interfaces:\n  lan: \"eth 1\"\n  wan: eth0\n",
         2,
         8,
