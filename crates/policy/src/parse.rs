@@ -96,21 +96,44 @@ enum Frame {
     },
 }
 
-struct Builder {
+struct Builder<'h> {
     stack: Vec<Frame>,
     anchors: HashMap<usize, Rc<Node>>,
     alias_nodes: u64,
     root: Option<Rc<Node>>,
+    on_rule: OnRule<'h>,
+    streamed: bool,
+    /// What stands in the tree for a rule `on_rule` has taken.
+    taken: Rc<Node>,
 }
 
+/// Takes each item of the top-level `rules` list as soon as it is complete (with its index).
+type OnRule<'h> = &'h mut dyn FnMut(usize, &Node);
+
 /// Parses one YAML document. `Ok(None)` for an empty stream (no document at all).
-pub(crate) fn parse_yaml(text: &str) -> Result<Option<Rc<Node>>, ParseError> {
+///
+/// Each item of the top-level `rules` list goes to `on_rule` as soon as it is complete, and
+/// a null takes its place: a policy of many rules never holds all their nodes at once. Also
+/// returns whether any rule was handed over. A `rules` list with an anchor is kept whole, as
+/// an alias may use it elsewhere.
+pub(crate) fn parse_yaml(
+    text: &str,
+    on_rule: OnRule<'_>,
+) -> Result<(Option<Rc<Node>>, bool), ParseError> {
     let mut parser = Parser::new_from_str(text);
     let mut b = Builder {
         stack: Vec::new(),
         anchors: HashMap::new(),
         alias_nodes: 0,
         root: None,
+        on_rule,
+        streamed: false,
+        taken: Rc::new(Node {
+            span: Span { line: 1, col: 1 },
+            kind: Kind::Null,
+            weight: 1,
+            height: 0,
+        }),
     };
     let mut documents = 0usize;
     loop {
@@ -191,7 +214,7 @@ pub(crate) fn parse_yaml(text: &str) -> Result<Option<Rc<Node>>, ParseError> {
             }
         }
     }
-    Ok(b.root)
+    Ok((b.root, b.streamed))
 }
 
 fn earlier(a: Span, b: Span) -> Span {
@@ -256,7 +279,7 @@ fn close(frame: Frame) -> (Rc<Node>, usize) {
     }
 }
 
-impl Builder {
+impl Builder<'_> {
     fn open(
         &mut self,
         span: Span,
@@ -277,6 +300,14 @@ impl Builder {
     fn finish(&mut self, mut node: Rc<Node>, anchor: usize) -> Result<(), ParseError> {
         if anchor != 0 {
             self.anchors.insert(anchor, Rc::clone(&node));
+        }
+        if self.is_rule_item() {
+            if let Some(Frame::Seq { items, .. }) = self.stack.last_mut() {
+                (self.on_rule)(items.len(), &node);
+                items.push(Rc::clone(&self.taken));
+                self.streamed = true;
+                return Ok(());
+            }
         }
         match self.stack.last_mut() {
             None => self.root = Some(node),
@@ -318,6 +349,16 @@ impl Builder {
             },
         }
         Ok(())
+    }
+
+    /// Whether the node being finished is an item of the top-level `rules` list (one
+    /// without an anchor).
+    fn is_rule_item(&self) -> bool {
+        matches!(
+            self.stack.as_slice(),
+            [Frame::Map { pending_key: Some((key, _)), .. }, Frame::Seq { anchor: 0, .. }]
+                if key == "rules"
+        )
     }
 
     /// An error at `span`, with the key path of the collection being built.

@@ -89,6 +89,18 @@ const UNLISTED: &[(&str, Unlisted)] = &[
 ];
 const NAT_PROTOS: &[(&str, NatProto)] = &[("tcp", NatProto::Tcp), ("udp", NatProto::Udp)];
 
+/// Rules checked one by one while the file is parsed, and the ids seen so far (for the
+/// duplicate message: id → line of its first definition).
+#[derive(Default)]
+pub(crate) struct Streamed {
+    taken: bool,
+    rules: Vec<Rule>,
+    ids: HashMap<String, u32>,
+    /// The errors (and suppressed errors) found in them, which come first.
+    errors: usize,
+    suppressed: usize,
+}
+
 /// Diagnostics collected while validating one file.
 pub(crate) struct Validator<'f> {
     file: &'f str,
@@ -598,7 +610,8 @@ impl<'f> Validator<'f> {
 
     // ----- sections -----
 
-    pub fn policy(&mut self, root: Option<&Node>) -> Option<Policy> {
+    /// The policy in `root`; `streamed` holds the rules already checked while parsing.
+    pub fn policy(&mut self, root: Option<&Node>, streamed: Streamed) -> Option<Policy> {
         let errors_before = self.errors.len() + self.suppressed;
         let top = match root {
             Some(n) => self.object(n, "", TOP_KEYS)?,
@@ -607,7 +620,7 @@ impl<'f> Validator<'f> {
         let defaults = self.defaults(top.get("defaults"));
         let interfaces = top.get("interfaces").and_then(|n| self.interfaces(n));
         let dns = self.dns(top.get("dns"));
-        let rules = self.rules(top.get("rules"));
+        let rules = self.rules(top.get("rules"), streamed);
         let nat = self.nat(top.get("nat"));
         if self.errors.len() + self.suppressed > errors_before {
             return None;
@@ -762,7 +775,7 @@ impl<'f> Validator<'f> {
         Some(d)
     }
 
-    fn rules(&mut self, node: Option<&Node>) -> Vec<Rule> {
+    fn rules(&mut self, node: Option<&Node>, streamed: Streamed) -> Vec<Rule> {
         let Some(node) = node else {
             return Vec::new();
         };
@@ -772,28 +785,40 @@ impl<'f> Validator<'f> {
             return Vec::new();
         };
         if list.len() > MAX_RULES {
+            if streamed.taken {
+                // The one message that matters here.
+                self.errors.drain(..streamed.errors);
+                self.suppressed -= streamed.suppressed;
+            }
             let m = format!("at most {MAX_RULES} rules, got {}", list.len());
             self.err(node.span, "rules", m);
             return Vec::new();
         }
-        let mut out = Vec::with_capacity(list.len());
-        // id → line of its first definition, for the duplicate message.
-        let mut ids: HashMap<&str, u32> =
-            HashMap::with_capacity_and_hasher(list.len(), Default::default());
-        for (i, item) in list.iter().enumerate() {
-            if let Some(rule) = self.rule(item, i, &mut ids) {
-                out.push(rule);
-            }
+        if streamed.taken {
+            return streamed.rules;
         }
-        out
+        let mut out = Streamed::default();
+        for (i, item) in list.iter().enumerate() {
+            self.stream_rule(&mut out, i, item);
+        }
+        out.rules
     }
 
-    fn rule<'a>(
-        &mut self,
-        node: &'a Node,
-        index: usize,
-        ids: &mut HashMap<&'a str, u32>,
-    ) -> Option<Rule> {
+    /// Ends streaming: `taken` says whether the parser handed over any rule.
+    pub fn end_stream(&self, s: &mut Streamed, taken: bool) {
+        s.taken = taken;
+        s.errors = self.errors.len();
+        s.suppressed = self.suppressed;
+    }
+
+    /// Checks `rules[index]`, as the parser hands it over (`parse::parse_yaml`).
+    pub fn stream_rule(&mut self, s: &mut Streamed, index: usize, node: &Node) {
+        if let Some(rule) = self.rule(node, index, &mut s.ids) {
+            s.rules.push(rule);
+        }
+    }
+
+    fn rule(&mut self, node: &Node, index: usize, ids: &mut HashMap<String, u32>) -> Option<Rule> {
         let path = format!("rules[{index}]");
         let path = path.as_str();
         let o = self.object(node, path, RULE_KEYS)?;
@@ -806,7 +831,7 @@ impl<'f> Validator<'f> {
                         let m = format!("duplicate rule id '{text}' (first used on line {first})");
                         self.err(n.span, &join(path, "id"), m);
                     } else {
-                        ids.insert(text, n.span.line);
+                        ids.insert(text.clone(), n.span.line);
                     }
                     Some(text.clone())
                 }

@@ -431,6 +431,36 @@ rules:
     assert_eq!(c.policy.rules[0].source, c.policy.rules[1].source);
 }
 
+/// Rules are checked while the parser reads them, except in a `rules` list with an anchor,
+/// which is kept whole: both ways give the same policy, and the same errors.
+#[test]
+fn rules_checked_while_parsing_or_kept_whole_give_the_same_policy() {
+    let body = r#"
+  - &first {id: a, action: accept, destination_port: 22}
+  - {id: b, action: deny, source: 10.0.0.0/8}
+  - id: c
+    action: accept
+    protocol: *first
+"#;
+    let streamed = format!("interfaces: {{lan: a, wan: b}}\nrules:{body}");
+    let whole = format!("interfaces: {{lan: a, wan: b}}\nrules: &all{body}");
+    let bad = common::errors(&streamed);
+    assert_eq!(bad, common::errors(&whole));
+    assert!(bad.iter().any(|d| d.path == "rules[2].protocol"), "{bad:?}");
+    let (streamed, whole) = (
+        streamed.replace("protocol: *first", "protocol: tcp"),
+        whole.replace("protocol: *first", "protocol: tcp"),
+    );
+    assert_eq!(ok(&streamed).policy.rules, ok(&whole).policy.rules);
+    let ids: Vec<String> = ok(&streamed)
+        .policy
+        .rules
+        .iter()
+        .map(|r| r.id.clone())
+        .collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+}
+
 #[test]
 fn nulls_mean_omitted_for_optional_keys() {
     let c = ok(r#"
