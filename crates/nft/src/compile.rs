@@ -519,17 +519,20 @@ impl Compiler<'_> {
         let mut out = Vec::new();
         let mut run: Option<Run> = None;
         for atom in family_ordered(rules.iter().flat_map(|r| atoms(r))) {
-            if let Some(r) = run.as_mut() {
-                if atom.foldable() && r.shape == atom.shape() && r.try_add(&atom) {
-                    continue;
-                }
-            }
+            let atom = match run.as_mut() {
+                Some(r) if atom.foldable() && r.shape == atom.shape() => match r.try_add(atom) {
+                    Ok(()) => continue,
+                    Err(atom) => atom,
+                },
+                _ => atom,
+            };
             if let Some(r) = run.take() {
                 out.extend(self.emit_run(chain, r));
             }
             if atom.foldable() {
                 let mut r = Run::new(atom.shape());
-                r.try_add(&atom);
+                // The keys of one atom never overlap each other (`atoms` normalises them).
+                let _ = r.try_add(atom);
                 run = Some(r);
             } else {
                 out.push(self.linear(chain, &atom));
@@ -560,10 +563,10 @@ impl Compiler<'_> {
         let interval = dims
             .iter()
             .any(|d| matches!(d, Dim::Saddr | Dim::Daddr | Dim::Dport));
-        let mut elem = Vec::new();
-        for atom in &run.atoms {
+        let mut elem = Vec::with_capacity(run.elems.len());
+        for (atom, keys) in run.atoms.iter().zip(run.keys_of_atoms()) {
             let v = atom.verdict();
-            for key in atom.elements() {
+            for key in keys {
                 let vals: Vec<Expr> = key.iter().map(Val::expr).collect();
                 let val = if vals.len() == 1 {
                     vals.into_iter().next().unwrap_or_else(|| s(""))
@@ -1277,7 +1280,9 @@ const OVERLAP_CHECK_BUDGET: usize = 256;
 struct Run<'r> {
     shape: Shape,
     atoms: Vec<Atom<'r>>,
+    /// The keys of all atoms, one after another; `key_ends[i]` is where atom i's keys end.
     elems: Vec<Vec<Val>>,
+    key_ends: Vec<usize>,
     pivot: Option<usize>,
     /// Address pivot: elements by (network address, prefix length), and the prefix lengths
     /// present. A prefix that contains a new one is found by one lookup per present length;
@@ -1300,6 +1305,7 @@ impl<'r> Run<'r> {
             shape,
             atoms: Vec::new(),
             elems: Vec::new(),
+            key_ends: Vec::new(),
             pivot,
             by_net: BTreeMap::new(),
             net_lens: BTreeSet::new(),
@@ -1308,17 +1314,28 @@ impl<'r> Run<'r> {
         }
     }
 
-    /// Add the atom unless one of its keys overlaps a key already in the run.
-    fn try_add(&mut self, atom: &Atom<'r>) -> bool {
+    /// Adds the atom unless one of its keys overlaps a key already in the run; then it is
+    /// handed back (a move of the caller's own value, so its size does not matter).
+    #[allow(clippy::result_large_err)]
+    fn try_add(&mut self, atom: Atom<'r>) -> Result<(), Atom<'r>> {
         let new = atom.elements();
         if new.iter().any(|k| self.overlaps(k)) {
-            return false;
+            return Err(atom);
         }
         for k in new {
             self.index(k);
         }
-        self.atoms.push(atom.clone());
-        true
+        self.atoms.push(atom);
+        self.key_ends.push(self.elems.len());
+        Ok(())
+    }
+
+    /// The keys of each atom, in order.
+    fn keys_of_atoms(&self) -> impl Iterator<Item = &[Vec<Val>]> {
+        let starts = std::iter::once(0).chain(self.key_ends.iter().copied());
+        starts
+            .zip(self.key_ends.iter().copied())
+            .map(|(a, b)| &self.elems[a..b])
     }
 
     fn candidates(&self, key: &[Val]) -> Option<Vec<usize>> {

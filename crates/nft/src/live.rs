@@ -124,9 +124,10 @@ pub fn is_rule_counter(key: &str) -> bool {
 }
 
 /// Installs a compiled table (`render::Parts`) in place of the live one, so that every packet
-/// meets either the old rules or the new ones, in two transactions:
+/// meets either the old rules or the new ones:
 ///
-/// 1. the named sets and maps the live table lacks, filled, with no rule using them yet;
+/// 1. the named sets and maps the live table lacks, created and then filled (`fill`), with no
+///    rule using them yet;
 /// 2. every chain flushed and filled anew, then the sets and chains the new table has no use
 ///    for deleted.
 ///

@@ -90,6 +90,34 @@ fn rejected_replace_leaves_the_live_table_byte_identical() {
     });
 }
 
+/// The kernel refusing the map elements ward writes over netlink (`install`'s step 1) leaves
+/// the live table as it was too, the sets created for them removed again.
+#[test]
+fn refused_map_elements_leave_the_live_table_byte_identical() {
+    let good = big_policy(10, 0);
+    let mut bad = big_policy(10, 1);
+    // The same key twice with different verdicts: the kernel refuses the second.
+    let map = bad
+        .sets
+        .iter_mut()
+        .find(|s| s.map.is_some() && matches!(s.key_type, nft::schema::KeyType::Concat(_)))
+        .expect("a concatenated map");
+    let mut twin = map.elem[0].clone();
+    if let nft::schema::Expr::Pair(p) = &mut twin {
+        p.1 = nft::schema::Expr::Verdict(nft::schema::Verdict::drop());
+    }
+    map.elem.push(twin);
+    in_scratch(move |s| {
+        nft::live::install(s, &nft::render::Parts::of(good)).expect("apply");
+        let before = s.list_table("ward", Format::Text).unwrap().unwrap();
+        let err = nft::live::install(s, &nft::render::Parts::of(bad))
+            .expect_err("the kernel must refuse a key with two verdicts");
+        assert!(err.to_string().contains("File exists"), "{err}");
+        let after = s.list_table("ward", Format::Text).unwrap().unwrap();
+        assert_eq!(before, after, "refused elements changed the live table");
+    });
+}
+
 #[test]
 fn status_reads_back_what_apply_recorded() {
     let c = compile("lab.yaml");

@@ -152,8 +152,13 @@ fn warn_shadowed(policy: &Policy, v: &mut validate::Validator<'_>) {
 pub fn load(path: &Path) -> Result<(Checked, String), PolicyErrors> {
     let file = path.display().to_string();
     let mut bytes = Vec::new();
-    let read =
-        std::fs::File::open(path).and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes));
+    let read = std::fs::File::open(path).and_then(|f| {
+        // Sized up front: through `take`, the buffer would grow by doubling, copying a big
+        // policy several times into freshly faulted memory.
+        let len = f.metadata().map_or(0, |m| m.len()).min(MAX_FILE_BYTES);
+        bytes.reserve_exact(usize::try_from(len).unwrap_or(0) + 1);
+        f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)
+    });
     if let Err(e) = read {
         return Err(whole_file(
             &file,
