@@ -285,10 +285,10 @@ interfaces:
   lan: [lan0, lan1]
   wan: [wan0]
 rules:
-  # interface . IPv6 address . protocol . port, with ranges; a jump to a log chain
+  # interface . IPv6 address . port, with ranges, one map per protocol; a jump to a log chain
   - {id: a1, direction: egress, in_interface: lan0, destination: "2001:db8:1::/48", protocol: tcp, destination_port: "1000-1010", action: accept}
   - {id: a2, direction: egress, in_interface: lan1, destination: "2001:db8:2::1", protocol: udp, destination_port: 53, action: deny, log: true}
-  # interface . protocol: no ranges, a hash in the kernel
+  # an interface, one map per protocol: no ranges, a hash in the kernel
   - {id: b1, direction: egress, in_interface: lan0, protocol: tcp, action: accept}
   - {id: b2, direction: egress, in_interface: lan1, protocol: udp, action: deny}
   # a protocol alone: a one-byte key
@@ -304,7 +304,7 @@ rules:
             .policy,
         &nft::Options::default(),
     );
-    assert_eq!(c.stats.maps, 4, "{:?}", c.stats);
+    assert_eq!(c.stats.maps, 6, "{:?}", c.stats);
     let whole = nft::live::render_in_scratch(&c).expect("load whole");
     let parts = nft::render::Parts::of(c);
     for set in parts.sets.iter().filter(|s| s.is_map) {
