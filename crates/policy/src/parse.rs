@@ -157,8 +157,19 @@ pub(crate) fn parse_yaml(
                     return Err(b.error(span, unsupported_tag(&tag.handle, &tag.suffix)));
                 }
                 let plain = style == TScalarStyle::Plain;
-                let kind = if plain && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL")
-                {
+                let null = plain && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL");
+                // A mapping key needs no node of its own (unless an alias may refer to it).
+                if anchor == 0 {
+                    if let Some(Frame::Map {
+                        pending_key: pending @ None,
+                        ..
+                    }) = b.stack.last_mut()
+                    {
+                        *pending = Some((if null { String::new() } else { text }, span));
+                        continue;
+                    }
+                }
+                let kind = if null {
                     Kind::Null
                 } else {
                     Kind::Scalar { text, plain }
