@@ -30,7 +30,7 @@ SETTLE_S = 0.5
 
 
 def reps_for(n):
-    return 5 if n <= 10000 else 1
+    return 7 if n <= 10000 else 1
 
 
 def ward_status(ns):
@@ -128,7 +128,7 @@ def main():
         print(f"{r['n']:>7} | {r['ward']:>12.3f} | {r['naive']:>14.3f} | "
               f"{r['ward'] / r['naive']:>16.2f} | {r['ward_rss']:>16.1f} | "
               f"{r['naive_rss']:>17.1f}")
-    print("(median of 5 runs for N <= 10000, 1 run for N = 100000; each run in a fresh netns)")
+    print("(median of 7 runs for N <= 10000, 1 run for N = 100000; each run in a fresh netns)")
 
     by_n = {r["n"]: r for r in results}
     print()
