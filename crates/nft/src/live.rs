@@ -333,6 +333,74 @@ pub fn remove(session: &Session, table: &str) -> Result<bool, NftError> {
     Ok(true)
 }
 
+/// The live table as libnftables JSON objects (table, sets with their elements, chains,
+/// rules, counters included; no handles), or `None` when it is not installed: what
+/// `restore` puts back. Learned addresses come along with their remaining timeouts.
+pub fn snapshot(session: &Session, table: &str) -> Result<Option<Vec<Value>>, NftError> {
+    let Some(listing) = session.list_table(table, Format::Json)? else {
+        return Ok(None);
+    };
+    let v: Value = serde_json::from_str(&listing)
+        .map_err(|e| NftError::Rejected(format!("libnftables listed unreadable JSON: {e}")))?;
+    let mut objects: Vec<Value> = v
+        .get("nftables")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    objects.retain(|o| o.get("metainfo").is_none());
+    for o in &mut objects {
+        if let Some(inner) = o.as_object_mut().and_then(|m| m.values_mut().next()) {
+            if let Some(m) = inner.as_object_mut() {
+                m.remove("handle");
+            }
+        }
+    }
+    Ok(Some(objects))
+}
+
+/// Replaces ward's table with a `snapshot` in one transaction (or removes it, for a snapshot
+/// of no table). Unlike `install`, the restored rules and their sets are created together:
+/// a packet may meet a restored map before its elements for a moment (see `install`), a
+/// price only a rollback pays.
+pub fn restore(session: &Session, table: &str, snapshot: Option<&[Value]>) -> Result<(), NftError> {
+    let t = serde_json::json!({"table": {"family": "inet", "name": table}});
+    let mut batch = vec![
+        serde_json::json!({"add": t}),
+        serde_json::json!({"delete": t}),
+    ];
+    // Chains before sets: a map's elements may jump to a chain listed after it.
+    let rank = |o: &Value| match o
+        .as_object()
+        .and_then(|m| m.keys().next())
+        .map(String::as_str)
+    {
+        Some("table") => 0,
+        Some("chain") => 1,
+        Some("rule") => 3,
+        _ => 2,
+    };
+    let mut objects: Vec<&Value> = snapshot.unwrap_or_default().iter().collect();
+    objects.sort_by_key(|o| rank(o));
+    for o in objects {
+        let belongs = o
+            .as_object()
+            .and_then(|m| m.values().next())
+            .is_some_and(|inner| {
+                inner.get("family") == Some(&Value::from("inet"))
+                    && (inner.get("table") == Some(&Value::from(table))
+                        || (o.get("table").is_some()
+                            && inner.get("name") == Some(&Value::from(table))))
+            });
+        if !belongs {
+            return Err(NftError::Rejected(format!(
+                "the snapshot holds an object outside table inet {table}: {o}"
+            )));
+        }
+        batch.push(serde_json::json!({ "add": o }));
+    }
+    session.apply_json(&serde_json::json!({ "nftables": batch }).to_string())
+}
+
 /// The table `compiled` would produce, as the kernel lists it (without counter values). It is
 /// loaded into a private, empty network namespace that vanishes with its thread, so the
 /// listing has exactly the kernel's normal form and nothing live is touched.

@@ -1,6 +1,7 @@
 //! The policy and kernel commands: check, compile, plan, apply, remove, status, explain.
 //! Each returns a message for the user on failure; `main` turns that into exit status 1.
 
+use crate::safe;
 use nft::live::{self, Installed};
 use nft::Session;
 use policy::{Action, Direction, Protocol, Target};
@@ -214,20 +215,261 @@ pub fn prepare(
     Ok((nft::render::Parts::of(compiled), summary, opts))
 }
 
-pub fn apply(file: &Path, table: &str, netns: Option<&str>) -> Result {
-    let l = load(file)?;
-    let s = session(netns)?;
-    let (parts, summary, _) = prepare(&l, file, table)?;
-    // Only the rendered table is needed from here on: free the policy and return its pages to
-    // the system before libnftables builds its own copy of the table.
-    drop(l);
-    crate::release_freed_memory();
-    live::install(&s, &parts).map_err(|e| {
-        Failure(format!(
-            "error: {e}\napply failed; the live table was not changed."
-        ))
-    })?;
-    println!("{summary}");
+/// Where safe apply keeps its state, and for how long an apply waits for `ward confirm`.
+pub struct Safety<'a> {
+    pub state_dir: &'a Path,
+    pub confirm_within: Option<u64>,
+}
+
+/// Checks the policy, snapshots the live table (SPEC §6), then installs the policy. With
+/// `confirm_within`, a timer process of its own restores the snapshot unless `ward confirm`
+/// runs in time. Every outcome is one line in the audit log.
+pub fn apply(file: &Path, table: &str, netns: Option<&str>, safety: &Safety) -> Result {
+    let state = safe::State::new(safety.state_dir, netns, table);
+    let _lock = state.lock()?;
+    let mut sha = None;
+    let mut previous = None;
+    let result = (|| -> Result<String> {
+        let l = load(file)?;
+        sha = Some(l.sha256.clone());
+        let s = session(netns)?;
+        let (parts, summary, _) = prepare(&l, file, table)?;
+        // Only the rendered table is needed from here on: free the policy and return its
+        // pages to the system before libnftables builds its own copy of the table.
+        drop(l);
+        crate::release_freed_memory();
+        let before = live::snapshot(&s, table)?;
+        previous = before.as_deref().and_then(comment_sha256);
+        let replaced = state.save_snapshot(&state.snapshot_of(before, previous.clone()))?;
+        let mut note = String::new();
+        match safety.confirm_within {
+            Some(secs) => {
+                let token = safe::token();
+                let (deadline_unix, deadline) = safe::deadline_in(secs);
+                // Started before the table changes: killed at any moment after this, the
+                // applying process leaves nothing that the timer would not put right.
+                let timer_pid =
+                    spawn_revert_timer(safety.state_dir, netns, table, &token, deadline_unix)?;
+                state.set_pending(&safe::Pending {
+                    deadline_unix,
+                    deadline: deadline.clone(),
+                    token,
+                    policy_sha256: sha.clone().unwrap_or_default(),
+                    timer_pid: Some(timer_pid),
+                })?;
+                note = format!(
+                    "\nrun `ward confirm` before {deadline}, or the previous table comes back"
+                );
+            }
+            // A plain apply settles any apply still waiting for confirmation.
+            None => state.clear_pending()?,
+        }
+        if let Err(e) = live::install(&s, &parts) {
+            let _ = state.clear_pending();
+            let _ = state.restore_snapshot_file(replaced);
+            return Err(Failure(format!(
+                "error: {e}\napply failed; the live table was not changed."
+            )));
+        }
+        Ok(format!("{summary}{note}"))
+    })();
+    match result {
+        Ok(summary) => {
+            state.audit("apply", sha.as_deref(), previous.as_deref(), None);
+            println!("{summary}");
+            Ok(())
+        }
+        Err(Failure(e)) => {
+            state.audit(
+                "apply",
+                sha.as_deref(),
+                previous.as_deref(),
+                Some(first_error(&e)),
+            );
+            Err(Failure(e))
+        }
+    }
+}
+
+/// The hash of the policy a snapshot's table was applied from (`ward sha256=...`).
+fn comment_sha256(objects: &[serde_json::Value]) -> Option<String> {
+    let listing = serde_json::json!({ "nftables": objects });
+    live::parse_listing(&listing)
+        .comment_field("sha256")
+        .map(str::to_string)
+}
+
+/// The message of the first `error:` line, for the audit log.
+fn first_error(msg: &str) -> &str {
+    msg.lines()
+        .next()
+        .unwrap_or(msg)
+        .trim_start_matches("error: ")
+}
+
+/// Starts `ward revert-timer` in a session of its own, detached from this process: it lives on
+/// if this one is killed.
+fn spawn_revert_timer(
+    state_dir: &Path,
+    netns: Option<&str>,
+    table: &str,
+    token: &str,
+    deadline_unix: u64,
+) -> Result<i32> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure(format!("error: cannot find ward's own binary: {e}")))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--table")
+        .arg(table)
+        .arg("revert-timer")
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--token")
+        .arg(token)
+        .arg("--deadline")
+        .arg(deadline_unix.to_string());
+    if let Some(ns) = netns {
+        cmd.arg("--netns").arg(ns);
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| Failure(format!("error: cannot start the revert timer: {e}")))?;
+    Ok(child.id() as i32)
+}
+
+/// Keeps the applied policy: the pending revert is called off.
+pub fn confirm(table: &str, netns: Option<&str>, state_dir: &Path) -> Result {
+    let state = safe::State::new(state_dir, netns, table);
+    let _lock = state.lock()?;
+    let Some(p) = state.pending() else {
+        return Err(Failure(
+            "error: nothing to confirm: no apply is waiting for confirmation".into(),
+        ));
+    };
+    let (now, _) = safe::deadline_in(0);
+    if now >= p.deadline_unix {
+        let e = format!(
+            "too late: the deadline was {}; the previous table is being restored",
+            p.deadline
+        );
+        state.audit("confirm", Some(&p.policy_sha256), None, Some(&e));
+        return Err(Failure(format!("error: {e}")));
+    }
+    state.clear_pending()?;
+    if let Some(pid) = p.timer_pid.filter(|pid| is_timer(*pid, &p.token)) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    state.audit("confirm", Some(&p.policy_sha256), None, None);
+    println!("confirmed: policy sha256 {} stays", &p.policy_sha256);
+    Ok(())
+}
+
+/// Whether `pid` is still the revert timer started with `token` (not a reused pid).
+fn is_timer(pid: i32, token: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.split(|b| *b == 0).any(|a| a == token.as_bytes()))
+        .unwrap_or(false)
+}
+
+/// Restores the last snapshot now.
+pub fn rollback(table: &str, netns: Option<&str>, state_dir: &Path) -> Result {
+    let state = safe::State::new(state_dir, netns, table);
+    let _lock = state.lock()?;
+    let done = revert(&state, table, netns, "rollback");
+    match done {
+        Ok(msg) => {
+            println!("{msg}");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Puts the last snapshot back (the caller holds the lock), clears any pending confirmation
+/// and writes the audit line, as `action`.
+fn revert(state: &safe::State, table: &str, netns: Option<&str>, action: &str) -> Result<String> {
+    let result = (|| -> Result<(safe::Snapshot, Option<String>)> {
+        let snap = state.load_snapshot()?;
+        let s = session(netns)?;
+        let current = live::snapshot(&s, table)?
+            .as_deref()
+            .and_then(comment_sha256);
+        let objects: Option<Vec<serde_json::Value>> = match &snap.objects {
+            Some(o) => Some(serde_json::from_str(o).map_err(|e| Failure(format!("error: {e}")))?),
+            None => None,
+        };
+        live::restore(&s, table, objects.as_deref()).map_err(|e| {
+            Failure(format!(
+                "error: {e}\nthe snapshot was not restored; the live table was not changed."
+            ))
+        })?;
+        state.clear_pending()?;
+        Ok((snap, current))
+    })();
+    match result {
+        Ok((snap, current)) => {
+            state.audit(
+                action,
+                snap.policy_sha256.as_deref(),
+                current.as_deref(),
+                None,
+            );
+            Ok(match snap.objects {
+                Some(_) => format!(
+                    "restored table inet {table} as it was at {} (policy sha256 {})",
+                    snap.taken_at,
+                    snap.policy_sha256.as_deref().unwrap_or("unknown")
+                ),
+                None => format!(
+                    "removed table inet {table}: it was not installed before the last apply"
+                ),
+            })
+        }
+        Err(Failure(e)) => {
+            state.audit(action, None, None, Some(first_error(&e)));
+            Err(Failure(e))
+        }
+    }
+}
+
+/// The revert timer (started by `apply --confirm-within`): waits for the deadline, then
+/// restores the snapshot if the apply it was started for is still unconfirmed.
+pub fn revert_timer(
+    table: &str,
+    netns: Option<&str>,
+    state_dir: &Path,
+    token: &str,
+    deadline_unix: u64,
+) -> Result {
+    loop {
+        let (now, _) = safe::deadline_in(0);
+        if now >= deadline_unix {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(
+            ((deadline_unix - now) * 1000).min(1000),
+        ));
+    }
+    let state = safe::State::new(state_dir, netns, table);
+    let _lock = state.lock()?;
+    if state.pending().is_some_and(|p| p.token == token) {
+        revert(&state, table, netns, "auto-revert")?;
+    }
     Ok(())
 }
 
@@ -258,7 +500,8 @@ struct Status {
 }
 
 /// Never fails: a problem makes the status `degraded` with `last_error`.
-pub fn status(table: &str, json: bool, netns: Option<&str>) -> Result {
+pub fn status(table: &str, json: bool, netns: Option<&str>, state_dir: &Path) -> Result {
+    let state = safe::State::new(state_dir, netns, table);
     let read = session(netns).and_then(|s| Ok(live::read(&s, table)?));
     let mut st = Status {
         overall: "healthy",
@@ -285,6 +528,14 @@ pub fn status(table: &str, json: bool, netns: Option<&str>) -> Result {
             st.last_error = Some(e.trim_start_matches("error: ").to_string());
         }
     }
+    st.pending_confirmation = state.pending().map(|p| p.deadline);
+    if st.last_error.is_none() {
+        // The last apply, confirm or rollback failed: what is enforced is not what was asked.
+        if let Some(e) = state.last_error() {
+            st.overall = "degraded";
+            st.last_error = Some(e);
+        }
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
         return Ok(());
@@ -309,6 +560,9 @@ pub fn status(table: &str, json: bool, netns: Option<&str>) -> Result {
             "applied at:     {}",
             st.applied_at.as_deref().unwrap_or("unknown")
         );
+    }
+    if let Some(d) = &st.pending_confirmation {
+        println!("pending:        `ward confirm` before {d}, or the previous table comes back");
     }
     if let Some(e) = &st.last_error {
         println!("last error:     {e}");

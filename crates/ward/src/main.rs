@@ -5,6 +5,7 @@
 mod commands;
 mod lab;
 mod run;
+mod safe;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use nix::sys::signal::{signal, SigHandler, Signal};
@@ -33,6 +34,9 @@ struct Cli {
     /// Name of the one nftables table ward owns (family inet).
     #[arg(long, global = true, default_value = "ward")]
     table: String,
+    /// Where snapshots, pending confirmations and the audit log are kept.
+    #[arg(long, global = true, env = "WARD_STATE_DIR", default_value = safe::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -58,12 +62,37 @@ enum Cmd {
         #[arg(long)]
         netns: Option<String>,
     },
-    /// Check, then atomically replace ward's table with the policy
+    /// Check, snapshot the live table, then atomically replace it with the policy
     Apply {
         #[arg(default_value = "rules.yaml")]
         file: PathBuf,
         #[arg(long)]
         netns: Option<String>,
+        /// Restore the snapshot unless `ward confirm` runs within this many seconds
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        confirm_within: Option<u64>,
+    },
+    /// Keep the policy applied with --confirm-within: call off the automatic revert
+    Confirm {
+        #[arg(long)]
+        netns: Option<String>,
+    },
+    /// Restore the table as it was before the last apply
+    Rollback {
+        #[arg(long)]
+        netns: Option<String>,
+    },
+    /// Started by `apply --confirm-within`: restores the snapshot at the deadline unless
+    /// the apply was confirmed
+    #[command(hide = true)]
+    RevertTimer {
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long)]
+        token: String,
+        /// Seconds since the Unix epoch.
+        #[arg(long)]
+        deadline: u64,
     },
     /// Apply the policy, then serve its DNS proxy until stopped (the policy stays enforced)
     Run {
@@ -127,10 +156,29 @@ fn main() -> ExitCode {
             commands::compile(&file, t, matches!(format, OutputFormat::Json))
         }
         Cmd::Plan { file, netns } => commands::plan(&file, t, netns.as_deref()),
-        Cmd::Apply { file, netns } => commands::apply(&file, t, netns.as_deref()),
+        Cmd::Apply {
+            file,
+            netns,
+            confirm_within,
+        } => commands::apply(
+            &file,
+            t,
+            netns.as_deref(),
+            &commands::Safety {
+                state_dir: &cli.state_dir,
+                confirm_within,
+            },
+        ),
+        Cmd::Confirm { netns } => commands::confirm(t, netns.as_deref(), &cli.state_dir),
+        Cmd::Rollback { netns } => commands::rollback(t, netns.as_deref(), &cli.state_dir),
+        Cmd::RevertTimer {
+            netns,
+            token,
+            deadline,
+        } => commands::revert_timer(t, netns.as_deref(), &cli.state_dir, &token, deadline),
         Cmd::Run { file, netns } => run::run(&file, t, netns.as_deref()),
         Cmd::Remove { netns } => commands::remove(t, netns.as_deref()),
-        Cmd::Status { json, netns } => commands::status(t, json, netns.as_deref()),
+        Cmd::Status { json, netns } => commands::status(t, json, netns.as_deref(), &cli.state_dir),
         Cmd::Explain(args) => commands::explain(&args),
         Cmd::Lab { action, names } => match action {
             LabAction::Up => lab::up(&names, t),

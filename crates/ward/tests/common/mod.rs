@@ -49,11 +49,20 @@ impl Drop for PolicyFile {
     }
 }
 
+/// Runs ward with its state (snapshots, audit log) under the temporary directory rather than
+/// /var/lib/ward; tests that look at the state pass `--state-dir` themselves.
 pub fn ward(args: &[&str]) -> Output {
     std::process::Command::new(WARD)
         .args(args)
+        .env("WARD_STATE_DIR", state_dir())
         .output()
         .expect("run ward")
+}
+
+/// The tests' state directory for ward: one for all (each lab's namespace has its own
+/// corner of it, and audit lines are appended whole).
+pub fn state_dir() -> PathBuf {
+    std::env::temp_dir().join("ward-test-state")
 }
 
 pub fn text(o: &Output) -> String {
