@@ -158,6 +158,13 @@ def require_free_lab(lab):
 
 def install_cleanup():
     atexit.register(cleanup_namespaces)
+    # ward's snapshots and audit log go to a directory of the run's own, not /var/lib/ward.
+    if "WARD_STATE_DIR" not in os.environ:
+        import shutil
+        import tempfile
+        state = tempfile.mkdtemp(prefix="wbench-state-")
+        os.environ["WARD_STATE_DIR"] = state
+        atexit.register(shutil.rmtree, state, True)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, _on_signal)
