@@ -115,6 +115,11 @@ enum Cmd {
     },
     /// Which rule decides a packet, and why
     Explain(commands::ExplainArgs),
+    /// Print shell completions or the man page, generated from this command line
+    Generate {
+        #[command(subcommand)]
+        what: Generated,
+    },
     /// A LAN / firewall / WAN lab in network namespaces
     Lab {
         #[command(subcommand)]
@@ -122,6 +127,32 @@ enum Cmd {
         #[command(flatten)]
         names: lab::LabNames,
     },
+}
+
+#[derive(Subcommand)]
+enum Generated {
+    /// Completions for SHELL (bash, zsh, fish, elvish, powershell)
+    Completions { shell: clap_complete::Shell },
+    /// Man pages (roff) for ward and each of its commands, written into DIR
+    Man { dir: PathBuf },
+}
+
+/// Writes what `ward generate` asks for to stdout.
+fn generate(what: Generated) -> commands::Result {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    let mut out = std::io::stdout();
+    match what {
+        Generated::Completions { shell } => {
+            clap_complete::generate(shell, &mut cmd, "ward", &mut out);
+            Ok(())
+        }
+        Generated::Man { dir } => clap_mangen::generate_to(cmd, &dir).map_err(|e| {
+            commands::Failure(format!(
+                "error: cannot write man pages into {}: {e}",
+                dir.display()
+            ))
+        }),
+    }
 }
 
 #[derive(Subcommand)]
@@ -180,6 +211,7 @@ fn main() -> ExitCode {
         Cmd::Remove { netns } => commands::remove(t, netns.as_deref()),
         Cmd::Status { json, netns } => commands::status(t, json, netns.as_deref(), &cli.state_dir),
         Cmd::Explain(args) => commands::explain(&args),
+        Cmd::Generate { what } => generate(what),
         Cmd::Lab { action, names } => match action {
             LabAction::Up => lab::up(&names, t),
             LabAction::Down => lab::down(&names),

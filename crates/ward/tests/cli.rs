@@ -142,3 +142,52 @@ fn explain_names_the_deciding_rule() {
         "{out}"
     );
 }
+
+/// The man pages and completions shipped in dist/ are what `ward generate` makes from the
+/// command line as it is (regenerate with `ward generate man dist/man` and
+/// `ward generate completions SHELL`).
+#[test]
+fn shipped_man_pages_and_completions_match_the_command_line() {
+    let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist");
+    let tmp = std::env::temp_dir().join(format!("ward-man-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).expect("temp dir");
+    let o = ward(&["generate", "man", tmp.to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut pages: Vec<_> = std::fs::read_dir(&tmp)
+        .expect("pages")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    pages.sort();
+    assert!(pages.len() > 10, "{pages:?}");
+    for page in &pages {
+        let want = std::fs::read(tmp.join(page)).expect("generated");
+        let have = std::fs::read(dist.join("man").join(page)).unwrap_or_default();
+        assert!(
+            want == have,
+            "dist/man/{page:?} is stale: run `ward generate man dist/man`"
+        );
+    }
+    let shipped = std::fs::read_dir(dist.join("man"))
+        .expect("dist/man")
+        .count();
+    assert_eq!(
+        shipped,
+        pages.len(),
+        "dist/man has pages no command has any more"
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+    for (shell, file) in [
+        ("bash", "ward.bash"),
+        ("zsh", "_ward"),
+        ("fish", "ward.fish"),
+    ] {
+        let o = ward(&["generate", "completions", shell]);
+        assert!(o.status.success(), "{}", text(&o));
+        let have = std::fs::read(dist.join("completions").join(file)).unwrap_or_default();
+        assert!(
+            o.stdout == have,
+            "dist/completions/{file} is stale: run `ward generate completions {shell}`"
+        );
+    }
+}
