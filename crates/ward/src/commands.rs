@@ -358,8 +358,7 @@ pub fn confirm(table: &str, netns: Option<&str>, state_dir: &Path) -> Result {
             "error: nothing to confirm: no apply is waiting for confirmation".into(),
         ));
     };
-    let (now, _) = safe::deadline_in(0);
-    if now >= p.deadline_unix {
+    if safe::now_unix() >= p.deadline_unix {
         let e = format!(
             "too late: the deadline was {}; the previous table is being restored",
             p.deadline
@@ -390,14 +389,8 @@ fn is_timer(pid: i32, token: &str) -> bool {
 pub fn rollback(table: &str, netns: Option<&str>, state_dir: &Path) -> Result {
     let state = safe::State::new(state_dir, netns, table);
     let _lock = state.lock()?;
-    let done = revert(&state, table, netns, "rollback");
-    match done {
-        Ok(msg) => {
-            println!("{msg}");
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
+    println!("{}", revert(&state, table, netns, "rollback")?);
+    Ok(())
 }
 
 /// Puts the last snapshot back (the caller holds the lock), clears any pending confirmation
@@ -457,7 +450,7 @@ pub fn revert_timer(
     deadline_unix: u64,
 ) -> Result {
     loop {
-        let (now, _) = safe::deadline_in(0);
+        let now = safe::now_unix();
         if now >= deadline_unix {
             break;
         }

@@ -282,6 +282,13 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// A deadline `secs` from now.
 pub fn deadline_in(secs: u64) -> (u64, String) {
     let at = SystemTime::now() + Duration::from_secs(secs);
