@@ -60,6 +60,8 @@ impl SetWriter {
             return Ok(());
         }
         let t = &self.table;
+        // One element's attributes, encoded anew for each message.
+        let mut e = Vec::with_capacity(40);
         self.sock.commit(|b| {
             for op in ops {
                 let (SetOp::Add { rule, addr, .. } | SetOp::Remove { rule, addr }) = *op;
@@ -67,32 +69,42 @@ impl SetWriter {
                 let set = if addr.is_ipv4() { v4 } else { v6 };
                 if matches!(op, SetOp::Remove { .. }) || !self.readd_refreshes {
                     let one_second = Some(Duration::from_secs(1));
-                    b.elements(NFT_MSG_NEWSETELEM, t, &set, &element(addr, one_second));
-                    b.elements(NFT_MSG_DELSETELEM, t, &set, &element(addr, None));
+                    b.elements(
+                        NFT_MSG_NEWSETELEM,
+                        t,
+                        &set,
+                        element(&mut e, addr, one_second),
+                    );
+                    b.elements(NFT_MSG_DELSETELEM, t, &set, element(&mut e, addr, None));
                 }
                 if let SetOp::Add { timeout, .. } = *op {
                     // Whole seconds, at least one, as nft would write it.
                     let timeout = timeout.max(Duration::from_secs(1));
-                    b.elements(NFT_MSG_NEWSETELEM, t, &set, &element(addr, Some(timeout)));
+                    b.elements(
+                        NFT_MSG_NEWSETELEM,
+                        t,
+                        &set,
+                        element(&mut e, addr, Some(timeout)),
+                    );
                 }
             }
         })
     }
 }
 
-/// One address as an `NFTA_LIST_ELEM` attribute, with its timeout.
-fn element(addr: IpAddr, timeout: Option<Duration>) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(40);
-    let elem = netlink::nest(&mut buf, netlink::NFTA_LIST_ELEM);
+/// One address as an `NFTA_LIST_ELEM` attribute, with its timeout, written over `buf`.
+fn element(buf: &mut Vec<u8>, addr: IpAddr, timeout: Option<Duration>) -> &[u8] {
+    buf.clear();
+    let elem = netlink::nest(buf, netlink::NFTA_LIST_ELEM);
     match addr {
-        IpAddr::V4(a) => netlink::key(&mut buf, netlink::NFTA_SET_ELEM_KEY, &a.octets()),
-        IpAddr::V6(a) => netlink::key(&mut buf, netlink::NFTA_SET_ELEM_KEY, &a.octets()),
+        IpAddr::V4(a) => netlink::key(buf, netlink::NFTA_SET_ELEM_KEY, &a.octets()),
+        IpAddr::V6(a) => netlink::key(buf, netlink::NFTA_SET_ELEM_KEY, &a.octets()),
     }
     if let Some(t) = timeout {
         let ms = t.as_secs().saturating_mul(1000);
-        netlink::attr(&mut buf, netlink::NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
+        netlink::attr(buf, netlink::NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
     }
-    netlink::end_nest(&mut buf, elem);
+    netlink::end_nest(buf, elem);
     buf
 }
 
@@ -114,9 +126,9 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netlink::{u32_at, Batch, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NLM_F_ACK};
-
-    const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    use netlink::{
+        u32_at, Batch, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NLM_F_ACK,
+    };
 
     /// The layout the kernel parses: lengths cover their message or attribute, attributes
     /// are 4-byte aligned, sequence numbers count up from the batch's first.
@@ -124,8 +136,9 @@ mod tests {
     fn batch_layout() {
         let mut b = Batch::new(7);
         let addr: IpAddr = "192.0.2.1".parse().expect("ip");
-        let e = element(addr, Some(Duration::from_secs(30)));
-        b.elements(NFT_MSG_NEWSETELEM, "ward", "fqdn4-gh", &e);
+        let mut e = Vec::new();
+        let e = element(&mut e, addr, Some(Duration::from_secs(30)));
+        b.elements(NFT_MSG_NEWSETELEM, "ward", "fqdn4-gh", e);
         let last = b.finish();
         assert_eq!(last, 8, "begin is 7, the element 8, end 9");
         let types: Vec<u16> = messages(&b.buf).iter().map(|m| m.0).collect();
@@ -151,9 +164,15 @@ mod tests {
     fn only_the_last_element_message_asks_for_an_ack() {
         let mut b = Batch::new(1);
         let addr: IpAddr = "2001:db8::1".parse().expect("ip");
-        let one_second = element(addr, Some(Duration::from_secs(1)));
-        b.elements(NFT_MSG_NEWSETELEM, "ward", "s", &one_second);
-        b.elements(NFT_MSG_DELSETELEM, "ward", "s", &element(addr, None));
+        let mut e = Vec::new();
+        let one_second = Some(Duration::from_secs(1));
+        b.elements(
+            NFT_MSG_NEWSETELEM,
+            "ward",
+            "s",
+            element(&mut e, addr, one_second),
+        );
+        b.elements(NFT_MSG_DELSETELEM, "ward", "s", element(&mut e, addr, None));
         b.finish();
         let acks: Vec<bool> = messages(&b.buf)
             .iter()

@@ -213,7 +213,7 @@ fn fill(t: &str, sets: &[&SetPart]) -> Result<(), NftError> {
     }
     netlink::Socket::open()?.commit(|b| {
         for (name, elements) in todo {
-            b.elements(netlink::NFT_MSG_NEWSETELEM, t, name, &elements.bytes);
+            b.elements(netlink::NFT_MSG_NEWSETELEM, t, name, elements);
         }
     })
 }
@@ -382,15 +382,14 @@ pub fn restore(session: &Session, table: &str, snapshot: Option<&[Value]>) -> Re
     let mut objects: Vec<&Value> = snapshot.unwrap_or_default().iter().collect();
     objects.sort_by_key(|o| rank(o));
     for o in objects {
-        let belongs = o
-            .as_object()
-            .and_then(|m| m.values().next())
-            .is_some_and(|inner| {
-                inner.get("family") == Some(&Value::from("inet"))
-                    && (inner.get("table") == Some(&Value::from(table))
-                        || (o.get("table").is_some()
-                            && inner.get("name") == Some(&Value::from(table))))
-            });
+        // Every object names its table (`table`), or is the table (`name`).
+        let (kind, inner) = match o.as_object().and_then(|m| m.iter().next()) {
+            Some((k, v)) => (k.as_str(), v),
+            None => ("", &Value::Null),
+        };
+        let owner = if kind == "table" { "name" } else { "table" };
+        let belongs = inner.get("family") == Some(&Value::from("inet"))
+            && inner.get(owner) == Some(&Value::from(table));
         if !belongs {
             return Err(NftError::Rejected(format!(
                 "the snapshot holds an object outside table inet {table}: {o}"

@@ -24,7 +24,7 @@ const NLM_F_REQUEST: u16 = 0x1;
 pub(crate) const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
 const NLA_F_NESTED: u16 = 1 << 15;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(crate) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 pub(crate) const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 pub(crate) const NFNL_MSG_BATCH_END: u16 = 0x11;
 pub(crate) const NFT_MSG_NEWSETELEM: u16 = 12;
@@ -89,11 +89,14 @@ pub(crate) fn key(buf: &mut Vec<u8>, ty: u16, value: &[u8]) {
     end_nest(buf, at);
 }
 
-fn cstr(s: &str) -> Vec<u8> {
-    let mut v = Vec::with_capacity(s.len() + 1);
-    v.extend_from_slice(s.as_bytes());
-    v.push(0);
-    v
+/// Appends a NUL-terminated string attribute.
+fn attr_str(buf: &mut Vec<u8>, ty: u16, s: &str) {
+    let len = 4 + s.len() + 1;
+    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(s.as_bytes());
+    buf.push(0);
+    buf.resize(buf.len() + align(len) - len, 0);
 }
 
 /// One nfnetlink batch: begin, element messages, end; the kernel commits it as one
@@ -120,7 +123,7 @@ impl Batch {
     }
 
     /// `NEWSETELEM` / `DELSETELEM` for `set` with `elements`: `NFTA_LIST_ELEM` attributes one
-    /// after another, as `Elements` holds them. Split over several messages when they do not
+    /// after another, as `KeyLayout::encode` makes them. Split over several messages when they do not
     /// fit in one attribute.
     pub(crate) fn elements(&mut self, msg: u16, table: &str, set: &str, elements: &[u8]) {
         let mut from = 0;
@@ -144,8 +147,8 @@ impl Batch {
         };
         let at = self.header((NFNL_SUBSYS_NFTABLES << 8) | msg, flags, NFPROTO_INET, 0);
         self.last = Some(at);
-        attr(&mut self.buf, NFTA_SET_ELEM_LIST_TABLE, &cstr(table));
-        attr(&mut self.buf, NFTA_SET_ELEM_LIST_SET, &cstr(set));
+        attr_str(&mut self.buf, NFTA_SET_ELEM_LIST_TABLE, table);
+        attr_str(&mut self.buf, NFTA_SET_ELEM_LIST_SET, set);
         let list = nest(&mut self.buf, NFTA_SET_ELEM_LIST_ELEMENTS);
         self.buf.extend_from_slice(elements);
         end_nest(&mut self.buf, list);
@@ -274,13 +277,6 @@ impl Socket {
     }
 }
 
-/// The elements of a fixed set or verdict map as `NFTA_LIST_ELEM` attributes, ready to send.
-#[derive(Debug, Default)]
-pub struct Elements {
-    pub count: usize,
-    pub bytes: Vec<u8>,
-}
-
 /// How the key of a set is laid out: its field types, and whether elements are ranges.
 pub(crate) struct KeyLayout<'a> {
     pub types: &'a [&'static str],
@@ -289,18 +285,15 @@ pub(crate) struct KeyLayout<'a> {
 
 impl KeyLayout<'_> {
     /// Encodes `elements` as compiled (`[key, verdict]` pairs or keys, each with an optional
-    /// comment), or says why it cannot. Covers what ward's maps hold: interfaces, addresses,
+    /// comment) as `NFTA_LIST_ELEM` attributes one after another, or says why it cannot. Covers what ward's maps hold: interfaces, addresses,
     /// protocols and ports, single or concatenated, and for concatenations ranges
     /// (`key_end`). An interval set of one field is out: the kernel wants it as separate
     /// start and end elements.
-    pub(crate) fn encode(&self, elements: &[Expr]) -> Result<Elements, String> {
+    pub(crate) fn encode(&self, elements: &[Expr]) -> Result<Vec<u8>, String> {
         if self.interval && self.types.len() < 2 {
             return Err("interval set of one field".into());
         }
-        let mut out = Elements {
-            count: elements.len(),
-            bytes: Vec::with_capacity(elements.len() * 80),
-        };
+        let mut out = Vec::with_capacity(elements.len() * 80);
         let (mut lo, mut hi) = (Vec::with_capacity(48), Vec::with_capacity(48));
         for e in elements {
             let (elem, data) = match e {
@@ -335,7 +328,7 @@ impl KeyLayout<'_> {
             if !self.interval && lo != hi {
                 return Err("a range in a set without intervals".into());
             }
-            let buf = &mut out.bytes;
+            let buf = &mut out;
             let at = nest(buf, NFTA_LIST_ELEM);
             key(buf, NFTA_SET_ELEM_KEY, &lo);
             if self.interval {
@@ -429,7 +422,7 @@ fn verdict(buf: &mut Vec<u8>, v: &Verdict) {
     };
     attr(buf, NFTA_VERDICT_CODE, &code.to_be_bytes());
     if let Some(c) = chain {
-        attr(buf, NFTA_VERDICT_CHAIN, &cstr(c));
+        attr_str(buf, NFTA_VERDICT_CHAIN, c);
     }
     end_nest(buf, nested);
     end_nest(buf, data);

@@ -37,7 +37,7 @@ pub struct SetPart {
     pub block: String,
     /// The elements, encoded for netlink, when ward can write them itself: they are sent once
     /// the set exists, faster than libnftables would parse them.
-    pub(crate) netlink: Option<crate::netlink::Elements>,
+    pub(crate) netlink: Option<Vec<u8>>,
 }
 
 pub struct ChainPart {
@@ -95,7 +95,7 @@ impl SetPart {
             interval: set.flags.contains(&"interval"),
         };
         let netlink = match layout.encode(&set.elem) {
-            Ok(e) if e.count > 0 => Some(e),
+            Ok(e) if !e.is_empty() => Some(e),
             // Empty, or not a kind of element ward encodes: libnftables takes them.
             _ => None,
         };

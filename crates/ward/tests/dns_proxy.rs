@@ -50,7 +50,6 @@ impl WardRun {
         let file = PolicyFile::new(yaml);
         let mut child = Command::new(WARD)
             .args(["run", file.path(), "--netns", lab.fw().name()])
-            .env("WARD_STATE_DIR", common::state_dir())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
