@@ -74,6 +74,8 @@ complete -c ward -n "__fish_ward_using_subcommand revert-timer" -l table -d 'Nam
 complete -c ward -n "__fish_ward_using_subcommand revert-timer" -l state-dir -d 'Where snapshots, pending confirmations and the audit log are kept' -r -F
 complete -c ward -n "__fish_ward_using_subcommand revert-timer" -s h -l help -d 'Print help'
 complete -c ward -n "__fish_ward_using_subcommand run" -l netns -r
+complete -c ward -n "__fish_ward_using_subcommand run" -l metrics -d 'Serve Prometheus metrics on this address (e.g. 127.0.0.1:9580); off by default' -r
+complete -c ward -n "__fish_ward_using_subcommand run" -l log -d 'Write one ECS JSON event per logged packet to FILE ("-" for stdout)' -r -F
 complete -c ward -n "__fish_ward_using_subcommand run" -l table -d 'Name of the one nftables table ward owns (family inet)' -r
 complete -c ward -n "__fish_ward_using_subcommand run" -l state-dir -d 'Where snapshots, pending confirmations and the audit log are kept' -r -F
 complete -c ward -n "__fish_ward_using_subcommand run" -s h -l help -d 'Print help'

@@ -100,6 +100,12 @@ enum Cmd {
         file: PathBuf,
         #[arg(long)]
         netns: Option<String>,
+        /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9580); off by default
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+        /// Write one ECS JSON event per logged packet to FILE ("-" for stdout)
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
     },
     /// Delete ward's table (and nothing else)
     Remove {
@@ -207,7 +213,19 @@ fn main() -> ExitCode {
             token,
             deadline,
         } => commands::revert_timer(t, netns.as_deref(), &cli.state_dir, &token, deadline),
-        Cmd::Run { file, netns } => run::run(&file, t, netns.as_deref()),
+        Cmd::Run {
+            file,
+            netns,
+            metrics,
+            log,
+        } => run::run(&run::Options {
+            file: &file,
+            table: t,
+            netns: netns.as_deref(),
+            state_dir: &cli.state_dir,
+            metrics,
+            log: log.as_deref(),
+        }),
         Cmd::Remove { netns } => commands::remove(t, netns.as_deref()),
         Cmd::Status { json, netns } => commands::status(t, json, netns.as_deref(), &cli.state_dir),
         Cmd::Explain(args) => commands::explain(&args),

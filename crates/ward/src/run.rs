@@ -4,10 +4,24 @@
 use crate::commands::{self, Failure, Result};
 use dns::{Committer, Learner, Matcher, Proxy, Stats, Update};
 use nft::learn::{SetOp, SetWriter};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-pub fn run(file: &Path, table: &str, netns: Option<&str>) -> Result {
+/// What `ward run` was asked to do.
+pub struct Options<'a> {
+    pub file: &'a Path,
+    pub table: &'a str,
+    pub netns: Option<&'a str>,
+    pub state_dir: &'a Path,
+    /// Where to serve Prometheus metrics.
+    pub metrics: Option<SocketAddr>,
+    /// Where to write ECS events (`-`: stdout).
+    pub log: Option<&'a Path>,
+}
+
+pub fn run(o: &Options) -> Result {
+    let (file, table, netns) = (o.file, o.table, o.netns);
     let l = commands::load(file)?;
     // Enters the namespace on this thread before any other starts: they all inherit it.
     let session = commands::session(netns)?;
