@@ -125,6 +125,16 @@ pub struct Cache {
     /// (expires, slot), earliest first. A refresh pushes a new item instead of moving the old
     /// one; an item whose slot no longer has that expiry is stale and skipped.
     expiry: BinaryHeap<Reverse<(u32, u32)>>,
+    evictions: Evictions,
+}
+
+/// Entries the cache has let go since it was made, by why.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evictions {
+    /// Their TTL ran out (the kernel's element timed out on its own at the same time).
+    pub ttl_expired: u64,
+    /// Pushed out by newer ones: the cache's `capacity` or the name's `max_ips_per_name`.
+    pub capacity_pressure: u64,
 }
 
 impl Cache {
@@ -146,6 +156,7 @@ impl Cache {
             groups: FxHashMap::default(),
             group_keys: RandomState::new(),
             expiry: BinaryHeap::new(),
+            evictions: Evictions::default(),
         }
     }
 
@@ -156,6 +167,10 @@ impl Cache {
 
     pub fn is_empty(&self) -> bool {
         self.live == 0
+    }
+
+    pub fn evictions(&self) -> Evictions {
+        self.evictions
     }
 
     /// When the entry for (`rule`, `addr`) expires, in the caller's milliseconds (a whole
@@ -204,6 +219,7 @@ impl Cache {
             let e = &self.slots[slot as usize];
             if e.live && e.expires == expires {
                 self.evict(slot, None);
+                self.evictions.ttl_expired += 1;
             }
         }
     }
@@ -317,9 +333,11 @@ impl Cache {
         let group = self.push_group(slot);
         if group.len > self.max_per_name {
             self.evict(group.oldest, Some(updates));
+            self.evictions.capacity_pressure += 1;
         }
         while self.live > self.capacity {
             self.evict(self.oldest, Some(updates));
+            self.evictions.capacity_pressure += 1;
         }
         self.compact_expiry();
     }
@@ -892,6 +910,14 @@ mod tests {
         );
         assert_eq!(up, vec![add(0, "192.0.2.1", 10)]);
         assert_eq!(c.len(), 1);
+        // The first .1 and example.org's .2 ran out; nothing was pushed out.
+        assert_eq!(
+            c.evictions(),
+            Evictions {
+                ttl_expired: 2,
+                capacity_pressure: 0
+            }
+        );
     }
 
     #[test]
@@ -922,6 +948,8 @@ mod tests {
         let up = c.learn(5 * SEC, &one("e.example.com", "2001:db8::5"), &m);
         assert_eq!(up, vec![add(0, "2001:db8::5", 60), remove(0, "192.0.2.3")]);
         assert_eq!(c.len(), 3);
+        assert_eq!(c.evictions().capacity_pressure, 2);
+        assert_eq!(c.evictions().ttl_expired, 0);
         let left: Vec<Update> = c.entries(5 * SEC).collect();
         assert_eq!(
             left,
@@ -944,6 +972,13 @@ mod tests {
         let up = c.learn(20 * SEC, &one("c.example.com", "192.0.2.3", 60), &m);
         assert_eq!(up, vec![add(0, "192.0.2.3", 60)]);
         assert!(c.expires_at(RuleIdx(0), ip("192.0.2.1")).is_some());
+        assert_eq!(
+            c.evictions(),
+            Evictions {
+                ttl_expired: 1,
+                capacity_pressure: 0
+            }
+        );
     }
 
     #[test]
@@ -969,6 +1004,8 @@ mod tests {
                 add(0, "192.0.2.2", 60),
             ]
         );
+        // The third address of the first answer was never held, so only .1 was pushed out.
+        assert_eq!(c.evictions().capacity_pressure, 1);
         // Other names are not affected by this name's limit.
         c.learn(
             SEC,

@@ -13,7 +13,6 @@ use crate::matcher::Matcher;
 use crate::stats::Stats;
 use policy::DnsSettings;
 use std::future::Future;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -90,7 +89,7 @@ async fn run<L: Learner>(
             },
             _ = tick.tick() => {
                 cache.expire(now_ms());
-                stats.learned.store(cache.len() as u64, Relaxed);
+                stats.cache(cache.len(), cache.evictions());
                 continue;
             }
         }
@@ -118,7 +117,7 @@ async fn run<L: Learner>(
             }
             CommitFailed::Refused(e.to_string())
         });
-        stats.learned.store(cache.len() as u64, Relaxed);
+        stats.cache(cache.len(), cache.evictions());
         for job in batch.drain(..) {
             let _ = job.done.send(result.clone());
         }
@@ -131,6 +130,7 @@ mod tests {
     use crate::cache::Record;
     use crate::learner::{RecordingError, RecordingLearner};
     use crate::matcher::{matcher, RuleIdx};
+    use std::sync::atomic::Ordering::Relaxed;
     use std::sync::Mutex;
 
     /// Records into a shared learner so the test can look while the thread owns it.

@@ -25,10 +25,10 @@ mod ratelimit;
 mod stats;
 pub mod wire;
 
-pub use cache::{Answer, Cache, Record, Update, MAX_CNAME_HOPS};
+pub use cache::{Answer, Cache, Evictions, Record, Update, MAX_CNAME_HOPS};
 pub use committer::{CommitFailed, Committer};
 pub use learner::{Learner, RecordingError, RecordingLearner};
 pub use matcher::{Matcher, RuleIdx};
 pub use proxy::{Config, Proxy, DEFAULT_UPSTREAM_TIMEOUT};
 pub use ratelimit::{RateLimiter, DEFAULT_MAX_CLIENTS};
-pub use stats::Stats;
+pub use stats::{Histogram, Stats, LOOKUP_BUCKETS};

@@ -68,7 +68,7 @@ impl Config {
 pub struct Proxy {
     shared: Arc<Shared>,
     udp: Vec<Arc<UdpSocket>>,
-    tcp: Vec<TcpListener>,
+    tcp: Vec<Arc<TcpListener>>,
 }
 
 struct Shared {
@@ -106,24 +106,30 @@ impl Proxy {
                 |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
             let sock = bind_udp(addr).map_err(ctx)?;
             // TCP on the same port, also when the config left the choice to the kernel.
-            tcp.push(bind_tcp(sock.local_addr()?).map_err(ctx)?);
+            tcp.push(Arc::new(bind_tcp(sock.local_addr()?).map_err(ctx)?));
             udp.push(Arc::new(sock));
         }
         Ok(Proxy {
-            shared: Arc::new(Shared {
-                limiter: Mutex::new(RateLimiter::new(config.qps_per_client)),
-                pools: config.upstreams.iter().map(|_| Mutex::default()).collect(),
-                config,
-                matcher,
-                committer,
-                preferred: AtomicUsize::new(0),
-                stats,
-                epoch: Instant::now(),
-                in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-            }),
+            shared: Shared::new(config, matcher, committer, stats),
             udp,
             tcp,
         })
+    }
+
+    /// The same sockets with new rules and settings (a reload). Queries already in flight
+    /// finish under the old ones. Fails, changing nothing, if `config` listens elsewhere.
+    pub fn reconfigure(
+        &mut self,
+        config: Config,
+        matcher: Arc<Matcher>,
+        committer: Committer,
+        stats: Arc<Stats>,
+    ) -> Result<(), Config> {
+        if config.listen != self.shared.config.listen {
+            return Err(config);
+        }
+        self.shared = Shared::new(config, matcher, committer, stats);
+        Ok(())
     }
 
     /// The bound addresses (with the ports chosen, where the config said 0).
@@ -134,20 +140,45 @@ impl Proxy {
             .collect()
     }
 
-    /// Serves until a listener fails for good (it does not on its own: drop the future to stop).
-    pub async fn serve(self) -> io::Result<()> {
+    /// Serves until a listener fails for good (it does not on its own: drop the future to
+    /// stop). The sockets stay bound meanwhile, so queries that arrive before the proxy is
+    /// served again (after [`reconfigure`](Proxy::reconfigure)) wait in them.
+    pub fn serve(&self) -> impl std::future::Future<Output = io::Result<()>> + use<> {
         let mut tasks = JoinSet::new();
-        for sock in self.udp {
-            tasks.spawn(serve_udp(self.shared.clone(), sock));
+        for sock in &self.udp {
+            tasks.spawn(serve_udp(self.shared.clone(), sock.clone()));
         }
-        for listener in self.tcp {
-            tasks.spawn(serve_tcp(self.shared.clone(), listener));
+        for listener in &self.tcp {
+            tasks.spawn(serve_tcp(self.shared.clone(), listener.clone()));
         }
-        match tasks.join_next().await {
-            Some(Ok(r)) => r,
-            Some(Err(e)) => Err(io::Error::other(e)),
-            None => Ok(()),
+        async move {
+            match tasks.join_next().await {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => Err(io::Error::other(e)),
+                None => Ok(()),
+            }
         }
+    }
+}
+
+impl Shared {
+    fn new(
+        config: Config,
+        matcher: Arc<Matcher>,
+        committer: Committer,
+        stats: Arc<Stats>,
+    ) -> Arc<Shared> {
+        Arc::new(Shared {
+            limiter: Mutex::new(RateLimiter::new(config.qps_per_client)),
+            pools: config.upstreams.iter().map(|_| Mutex::default()).collect(),
+            config,
+            matcher,
+            committer,
+            preferred: AtomicUsize::new(0),
+            stats,
+            epoch: Instant::now(),
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        })
     }
 }
 
@@ -188,6 +219,7 @@ async fn serve_udp(shared: Arc<Shared>, sock: Arc<UdpSocket>) -> io::Result<()> 
             }
             Err(e) => return Err(e),
         };
+        let received = Instant::now();
         let Ok(permit) = shared.in_flight.clone().try_acquire_owned() else {
             Stats::add(&shared.stats.overload_drops);
             continue;
@@ -196,8 +228,9 @@ async fn serve_udp(shared: Arc<Shared>, sock: Arc<UdpSocket>) -> io::Result<()> 
         let (shared, sock) = (shared.clone(), sock.clone());
         tokio::spawn(async move {
             if let Some(reply) = shared.answer(&query, peer.ip(), true).await {
-                if let Err(e) = sock.send_to(&reply, peer).await {
-                    tracing::debug!(error = %e, %peer, "DNS UDP reply");
+                match sock.send_to(&reply, peer).await {
+                    Ok(_) => shared.stats.lookup.observe(received.elapsed()),
+                    Err(e) => tracing::debug!(error = %e, %peer, "DNS UDP reply"),
                 }
             }
             drop(permit);
@@ -205,7 +238,7 @@ async fn serve_udp(shared: Arc<Shared>, sock: Arc<UdpSocket>) -> io::Result<()> 
     }
 }
 
-async fn serve_tcp(shared: Arc<Shared>, listener: TcpListener) -> io::Result<()> {
+async fn serve_tcp(shared: Arc<Shared>, listener: Arc<TcpListener>) -> io::Result<()> {
     let clients = Arc::new(Semaphore::new(MAX_TCP_CLIENTS));
     loop {
         let Ok(permit) = clients.clone().acquire_owned().await else {
@@ -245,11 +278,13 @@ impl Shared {
             timeout(TCP_IDLE, stream.read_exact(&mut query))
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "query cut short"))??;
+            let received = Instant::now();
             let Some(reply) = self.answer(&query, peer.ip(), false).await else {
                 // A malformed message on a stream: the framing may be lost too, so hang up.
                 return Ok(());
             };
             write_framed(&mut stream, &reply).await?;
+            self.stats.lookup.observe(received.elapsed());
         }
     }
 

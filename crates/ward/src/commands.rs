@@ -226,18 +226,37 @@ pub struct Safety<'a> {
 /// runs in time. Every outcome is one line in the audit log.
 pub fn apply(file: &Path, table: &str, netns: Option<&str>, safety: &Safety) -> Result {
     let state = safe::State::new(safety.state_dir, netns, table);
-    let _lock = state.lock()?;
-    let mut sha = None;
-    let mut previous = None;
-    let result = (|| -> Result<String> {
+    let (summary, ()) = apply_audited(&state, "apply", safety, |sha| {
         let l = load(file)?;
-        sha = Some(l.sha256.clone());
+        *sha = Some(l.sha256.clone());
         let s = session(netns)?;
         let (parts, summary, _) = prepare(&l, file, table)?;
         // Only the rendered table is needed from here on: free the policy and return its
         // pages to the system before libnftables builds its own copy of the table.
         drop(l);
         crate::release_freed_memory();
+        Ok((s, parts, summary, ()))
+    })?;
+    println!("{summary}");
+    Ok(())
+}
+
+/// One apply of SPEC §6, serialised with every other apply, confirm and rollback of the table
+/// by its state lock and audited as `action`: `render` loads the policy (recording its hash in
+/// the audit line) and returns the session to install with, the rendered table, the summary
+/// line and whatever else its caller keeps; then the live table is snapshotted and replaced.
+pub fn apply_audited<T>(
+    state: &safe::State,
+    action: &str,
+    safety: &Safety,
+    render: impl FnOnce(&mut Option<String>) -> Result<(Session, nft::render::Parts, String, T)>,
+) -> Result<(String, T)> {
+    let _lock = state.lock()?;
+    let mut sha = None;
+    let mut previous = None;
+    let result = (|| -> Result<(String, T)> {
+        let (s, parts, summary, kept) = render(&mut sha)?;
+        let table = parts.table.as_str();
         let before = live::snapshot(&s, table)?;
         previous = before.as_deref().and_then(comment_sha256);
         let replaced = state.save_snapshot(&state.snapshot_of(before, previous.clone()))?;
@@ -248,8 +267,13 @@ pub fn apply(file: &Path, table: &str, netns: Option<&str>, safety: &Safety) -> 
                 let (deadline_unix, deadline) = safe::deadline_in(secs);
                 // Started before the table changes: killed at any moment after this, the
                 // applying process leaves nothing that the timer would not put right.
-                let timer_pid =
-                    spawn_revert_timer(safety.state_dir, netns, table, &token, deadline_unix)?;
+                let timer_pid = spawn_revert_timer(
+                    safety.state_dir,
+                    state.netns(),
+                    table,
+                    &token,
+                    deadline_unix,
+                )?;
                 state.set_pending(&safe::Pending {
                     deadline_unix,
                     deadline: deadline.clone(),
@@ -271,27 +295,13 @@ pub fn apply(file: &Path, table: &str, netns: Option<&str>, safety: &Safety) -> 
                 "error: {e}\napply failed; the live table was not changed."
             )));
         }
-        Ok(format!("{summary}{note}"))
+        Ok((format!("{summary}{note}"), kept))
     })();
-    match result {
-        Ok(summary) => {
-            state.audit("apply", sha.as_deref(), previous.as_deref(), None);
-            println!("{summary}");
-            Ok(())
-        }
-        Err(Failure(e)) => {
-            state.audit(
-                "apply",
-                sha.as_deref(),
-                previous.as_deref(),
-                Some(first_error(&e)),
-            );
-            Err(Failure(e))
-        }
-    }
+    let error = result.as_ref().err().map(|Failure(e)| first_error(e));
+    state.audit(action, sha.as_deref(), previous.as_deref(), error);
+    result
 }
 
-/// The hash of the policy a snapshot's table was applied from (`ward sha256=...`).
 fn comment_sha256(objects: &[serde_json::Value]) -> Option<String> {
     let listing = serde_json::json!({ "nftables": objects });
     live::parse_listing(&listing)

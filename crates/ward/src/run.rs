@@ -1,12 +1,18 @@
-//! `ward run`: apply the policy, then serve its DNS proxy until SIGTERM / SIGINT, feeding the
-//! learned addresses into the kernel's name sets. Stopping leaves the policy enforced.
+//! `ward run`, the daemon: applies the policy, serves its DNS proxy (learned addresses go into
+//! the kernel's name sets), re-applies on SIGHUP, and stops on SIGTERM / SIGINT with the policy
+//! still enforced. Metrics on `--metrics`, ECS events on `--log`.
 
-use crate::commands::{self, Failure, Result};
+use crate::commands::{self, Failure, Result, Safety};
+use crate::safe;
 use dns::{Committer, Learner, Matcher, Proxy, Stats, Update};
 use nft::learn::{SetOp, SetWriter};
+use policy::{FqdnPattern, Policy};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use tokio::signal::unix::{signal, SignalKind};
 
 /// What `ward run` was asked to do.
 pub struct Options<'a> {
@@ -21,87 +27,302 @@ pub struct Options<'a> {
 }
 
 pub fn run(o: &Options) -> Result {
-    let (file, table, netns) = (o.file, o.table, o.netns);
-    let l = commands::load(file)?;
-    // Enters the namespace on this thread before any other starts: they all inherit it.
-    let session = commands::session(netns)?;
-    let p = &l.checked.policy;
-    let (parts, summary, opts) = commands::prepare(&l, file, table)?;
-
-    // One thread serves everything: the proxy's sockets, and the commits into the kernel
-    // inline between them (see the dns crate's committer).
+    // Every thread started from here on (the runtime's, the reloads') inherits the namespace.
+    if let Some(ns) = o.netns {
+        nft::netns::enter(ns)?;
+    }
+    let state = safe::State::new(o.state_dir, o.netns, o.table);
+    let stats = Arc::new(Stats::default());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure(format!("error: cannot start the runtime: {e}")))?;
     let local = tokio::task::LocalSet::new();
-    // Sockets and the learner come first: if the port is taken or libnftables is missing,
-    // nothing has changed yet.
-    let proxy = match &opts.dns {
-        Some(d) => {
-            let matcher = Arc::new(Matcher::from_policy(p));
-            let stats = Arc::new(Stats::default());
-            let rule_ids: Vec<String> = p.rules.iter().map(|r| r.id.clone()).collect();
-            let learner = KernelSets::open(table, rule_ids)?;
-            let (committer, task) = Committer::new(&p.dns, matcher.clone(), stats.clone(), learner);
-            local.spawn_local(task);
-            let config = dns::Config::new(p, d.listen.clone(), d.upstreams.clone());
-            let _in_rt = rt.enter();
-            let proxy = Proxy::bind(config, matcher, committer, stats.clone())
-                .map_err(|e| Failure(format!("error: DNS proxy: {e}\nnothing was changed.")))?;
-            Some((proxy, stats, d))
-        }
-        None => None,
-    };
-
-    nft::live::install(&session, &parts).map_err(|e| {
-        Failure(format!(
-            "error: {e}\napply failed; the live table was not changed."
-        ))
-    })?;
-    println!("{summary}");
-    match &proxy {
-        Some((proxy, _, d)) => println!(
-            "serving DNS on {} (UDP and TCP), forwarding to {}{}",
-            join(&proxy.local_addrs()),
-            join(&d.upstreams),
-            if d.intercept {
-                "; LAN queries to other resolvers are redirected here"
-            } else {
-                ""
-            }
-        ),
-        None => println!("no destination_fqdn rules: no DNS proxy to run"),
-    }
-    println!("ward run: ready; SIGTERM or Ctrl-C stops (the policy stays enforced)");
-
-    let stats = proxy.as_ref().map(|(_, s, _)| s.clone());
-    let served = local.block_on(&rt, async move {
-        let serve = async move {
-            match proxy {
-                Some((proxy, _, _)) => proxy.serve().await,
-                None => std::future::pending().await,
-            }
+    local.block_on(&rt, async {
+        // Signals are caught from before the first apply: a SIGTERM that arrives while it runs
+        // still ends with the policy enforced.
+        let signals = Signals::new()?;
+        let safety = Safety {
+            state_dir: o.state_dir,
+            confirm_within: None,
         };
-        tokio::select! {
-            r = serve => r,
-            _ = stop_signal() => Ok(()),
+        // The DNS proxy is bound before the table changes: if its port is taken or
+        // libnftables is missing, nothing has changed yet.
+        let (summary, next) = commands::apply_audited(&state, "apply", &safety, |sha| {
+            render(o, sha, None, &stats)
+        })?;
+        println!("{summary}");
+        let mut dns = None;
+        start_or_change(&mut dns, next.dns, &stats);
+        match &dns {
+            Some(d) => println!(
+                "serving DNS on {} (UDP and TCP), forwarding to {}{}",
+                join(&d.proxy.local_addrs()),
+                join(&d.rules.plan.upstreams),
+                if d.rules.plan.intercept {
+                    "; LAN queries to other resolvers are redirected here"
+                } else {
+                    ""
+                }
+            ),
+            None => println!("no destination_fqdn rules: no DNS proxy to run"),
         }
-    });
-    if let Some(stats) = stats {
-        let counts: Vec<String> = stats
+        println!("ward run: ready; SIGHUP re-applies the file, SIGTERM or Ctrl-C stops (the policy stays enforced)");
+        serve(o, dns, signals, &stats).await
+    })?;
+    println!(
+        "DNS: {}",
+        stats
             .snapshot()
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        println!("DNS: {}", counts.join(" "));
-    }
-    served.map_err(|e| Failure(format!("error: DNS proxy stopped: {e}")))?;
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     println!("stopped; the policy stays enforced (remove it with `ward remove`)");
     Ok(())
 }
 
-fn join(addrs: &[std::net::SocketAddr]) -> String {
+/// The daemon's loop: DNS, reloads one at a time (SIGHUPs that arrive during one are
+/// coalesced into one more), until SIGTERM / SIGINT.
+async fn serve(
+    o: &Options<'_>,
+    mut dns: Option<Running>,
+    signals: Signals,
+    stats: &Arc<Stats>,
+) -> Result {
+    let Signals {
+        mut hup,
+        mut term,
+        mut int,
+    } = signals;
+    let mut serving = dns.as_ref().map(|d| Box::pin(d.proxy.serve()));
+    let mut reloading: Option<tokio::task::JoinHandle<Result<(String, Next)>>> = None;
+    let mut again = false;
+    loop {
+        tokio::select! {
+            r = async { serving.as_mut().expect("guarded").await }, if serving.is_some() => {
+                return Err(Failure(match r {
+                    Ok(()) => "error: the DNS proxy stopped".to_string(),
+                    Err(e) => format!("error: DNS proxy stopped: {e}"),
+                }));
+            }
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                if reloading.is_some() {
+                    again = true;
+                } else {
+                    reloading = Some(start_reload(o, dns.as_ref().map(|d| d.rules.clone_key()), stats));
+                }
+            }
+            r = async { reloading.as_mut().expect("guarded").await }, if reloading.is_some() => {
+                reloading = None;
+                match r.unwrap_or_else(|e| Err(Failure(format!("error: the reload failed: {e}")))) {
+                    Ok((summary, next)) => {
+                        println!("re{summary}");
+                        if start_or_change(&mut dns, next.dns, stats) {
+                            serving = dns.as_ref().map(|d| Box::pin(d.proxy.serve()));
+                        }
+                    }
+                    Err(Failure(e)) => eprintln!("{e}\nreload failed; the running policy stays in force"),
+                }
+                if std::mem::take(&mut again) {
+                    reloading = Some(start_reload(o, dns.as_ref().map(|d| d.rules.clone_key()), stats));
+                }
+            }
+        }
+    }
+}
+
+/// Re-applies the file on a thread of its own, so that DNS answers keep flowing meanwhile.
+fn start_reload(
+    o: &Options,
+    current: Option<DnsKey>,
+    stats: &Arc<Stats>,
+) -> tokio::task::JoinHandle<Result<(String, Next)>> {
+    let file = o.file.to_path_buf();
+    let table = o.table.to_string();
+    let state_dir = o.state_dir.to_path_buf();
+    let netns = o.netns.map(str::to_string);
+    let state = safe::State::new(&state_dir, netns.as_deref(), &table);
+    let stats = stats.clone();
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let _rt = handle.enter();
+        let o = Options {
+            file: &file,
+            table: &table,
+            netns: netns.as_deref(),
+            state_dir: &state_dir,
+            metrics: None,
+            log: None,
+        };
+        let safety = Safety {
+            state_dir: &state_dir,
+            confirm_within: None,
+        };
+        commands::apply_audited(&state, "reload", &safety, |sha| {
+            render(&o, sha, current.as_ref(), &stats)
+        })
+    })
+}
+
+/// What an apply hands to the daemon besides the table.
+struct Next {
+    dns: DnsNext,
+}
+
+/// What becomes of the DNS proxy after an apply.
+enum DnsNext {
+    /// The policy has no name rules.
+    None,
+    /// Same rules and settings: the running proxy carries on as it is.
+    Keep,
+    /// New rules for the proxy already listening.
+    Rules(DnsRules),
+    /// A proxy bound for a policy that had none.
+    Start(Proxy, DnsRules),
+}
+
+/// Loads and renders the policy; `current` is what the running proxy was built from.
+fn render(
+    o: &Options,
+    sha: &mut Option<String>,
+    current: Option<&DnsKey>,
+    stats: &Arc<Stats>,
+) -> Result<(nft::Session, nft::render::Parts, String, Next)> {
+    let l = commands::load(o.file)?;
+    *sha = Some(l.sha256.clone());
+    let s = commands::session(None)?;
+    let (parts, summary, opts) = commands::prepare(&l, o.file, o.table)?;
+    let p = &l.checked.policy;
+    let dns = match opts.dns {
+        None => DnsNext::None,
+        Some(plan) => {
+            let key = DnsKey::of(p, &plan);
+            match current {
+                Some(cur) if *cur == key => DnsNext::Keep,
+                Some(cur) if cur.plan.listen != plan.listen => return Err(Failure(format!(
+                    "error: the DNS proxy would move from {} to {}: restart `ward run` for that",
+                    join(&cur.plan.listen),
+                    join(&plan.listen)
+                ))),
+                Some(_) => DnsNext::Rules(DnsRules::build(p, key, o.table, stats)?),
+                None => {
+                    let rules = DnsRules::build(p, key, o.table, stats)?;
+                    let proxy = Proxy::bind(
+                        rules.config.clone(),
+                        rules.matcher.clone(),
+                        rules.committer.clone(),
+                        stats.clone(),
+                    )
+                    .map_err(|e| Failure(format!("error: DNS proxy: {e}\nnothing was changed.")))?;
+                    DnsNext::Start(proxy, rules)
+                }
+            }
+        }
+    };
+    Ok((s, parts, summary, Next { dns }))
+}
+
+/// Puts an apply's outcome into effect; true if the proxy must be served anew.
+fn start_or_change(dns: &mut Option<Running>, next: DnsNext, stats: &Arc<Stats>) -> bool {
+    match next {
+        DnsNext::Keep => false,
+        DnsNext::None => dns.take().is_some(),
+        DnsNext::Start(proxy, mut rules) => {
+            tokio::task::spawn_local(rules.task.take().expect("fresh"));
+            *dns = Some(Running { proxy, rules });
+            true
+        }
+        DnsNext::Rules(mut rules) => {
+            let Some(d) = dns.as_mut() else {
+                return false;
+            };
+            tokio::task::spawn_local(rules.task.take().expect("fresh"));
+            let changed = d.proxy.reconfigure(
+                rules.config.clone(),
+                rules.matcher.clone(),
+                rules.committer.clone(),
+                stats.clone(),
+            );
+            debug_assert!(changed.is_ok(), "render checked the listen addresses");
+            d.rules = rules;
+            true
+        }
+    }
+}
+
+/// The proxy being served and the rules it serves.
+struct Running {
+    proxy: Proxy,
+    rules: DnsRules,
+}
+
+/// What the proxy's behaviour depends on in a policy: a reload that leaves it unchanged keeps
+/// the running proxy, its cache and its committer.
+#[derive(Clone, PartialEq)]
+struct DnsKey {
+    /// Rules with names, by position (the matcher's rule index).
+    rules: Vec<(usize, String, Vec<FqdnPattern>)>,
+    settings: policy::DnsSettings,
+    qps_per_client: u32,
+    plan: nft::DnsProxy,
+}
+
+impl DnsKey {
+    fn of(p: &Policy, plan: &nft::DnsProxy) -> DnsKey {
+        DnsKey {
+            rules: p
+                .rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !r.destination_fqdn.is_empty())
+                .map(|(i, r)| (i, r.id.clone(), r.destination_fqdn.clone()))
+                .collect(),
+            settings: p.dns.clone(),
+            qps_per_client: p.defaults.dns_qps_per_client,
+            plan: plan.clone(),
+        }
+    }
+}
+
+/// The proxy's side of one policy: its matcher, and a committer (with a cache of its own)
+/// writing into that policy's name sets.
+struct DnsRules {
+    key: DnsKey,
+    plan: nft::DnsProxy,
+    config: dns::Config,
+    matcher: Arc<Matcher>,
+    committer: Committer,
+    /// The committer's task, until the daemon's loop takes it.
+    task: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl DnsRules {
+    fn build(p: &Policy, key: DnsKey, table: &str, stats: &Arc<Stats>) -> Result<DnsRules> {
+        let matcher = Arc::new(Matcher::from_policy(p));
+        let rule_ids: Vec<String> = p.rules.iter().map(|r| r.id.clone()).collect();
+        let learner = KernelSets::open(table, rule_ids)?;
+        let (committer, task) = Committer::new(&p.dns, matcher.clone(), stats.clone(), learner);
+        let plan = key.plan.clone();
+        Ok(DnsRules {
+            config: dns::Config::new(p, plan.listen.clone(), plan.upstreams.clone()),
+            plan,
+            key,
+            matcher,
+            committer,
+            task: Some(Box::pin(task)),
+        })
+    }
+
+    fn clone_key(&self) -> DnsKey {
+        self.key.clone()
+    }
+}
+
+fn join(addrs: &[SocketAddr]) -> String {
     addrs
         .iter()
         .map(|a| a.to_string())
@@ -109,20 +330,23 @@ fn join(addrs: &[std::net::SocketAddr]) -> String {
         .join(", ")
 }
 
-async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            }
-        }
-        // Without handlers the default action (exit) still stops ward.
-        _ => std::future::pending().await,
+/// The signals the daemon acts on.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        let catch = |kind: SignalKind| {
+            signal(kind).map_err(|e| Failure(format!("error: cannot catch signals: {e}")))
+        };
+        Ok(Signals {
+            hup: catch(SignalKind::hangup())?,
+            term: catch(SignalKind::terminate())?,
+            int: catch(SignalKind::interrupt())?,
+        })
     }
 }
 

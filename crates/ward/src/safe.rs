@@ -96,6 +96,11 @@ impl State {
         }
     }
 
+    /// The namespace whose table this is (`None`: ward's own).
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+
     /// Waits for the other actions on this table to finish, then holds them off.
     pub fn lock(&self) -> Result<Lock> {
         fs::DirBuilder::new()

@@ -8,11 +8,9 @@ mod common;
 use common::*;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use testlab::{answer_addrs, dns_exchange, dns_query, edns, Transport, Zone};
 
 /// The proxy's address as the LAN host sees it: the firewall's LAN address.
@@ -36,95 +34,6 @@ fn policy(dns: &str, rules: &str) -> String {
 {dns}rules:
 {rules}"
     )
-}
-
-/// `ward run` in the lab's firewall, stopped (SIGTERM, then SIGKILL) when dropped.
-struct WardRun {
-    child: Child,
-    out: mpsc::Receiver<String>,
-    _file: PolicyFile,
-}
-
-impl WardRun {
-    fn start(lab: &Lab, yaml: &str) -> WardRun {
-        let file = PolicyFile::new(yaml);
-        let mut child = Command::new(WARD)
-            .args(["run", file.path(), "--netns", lab.fw().name()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ward run");
-        let (tx, out) = mpsc::channel();
-        for pipe in [
-            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        let mut run = WardRun {
-            child,
-            out,
-            _file: file,
-        };
-        let mut seen = String::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match run.out.recv_timeout(left) {
-                Ok(line) if line.contains("ready") => return run,
-                Ok(line) => seen.push_str(&format!("{line}\n")),
-                Err(_) => {
-                    let status = run.child.try_wait().ok().flatten();
-                    panic!(
-                        "ward run did not get ready (exit: {status:?}):\n{seen}\npolicy:\n{yaml}"
-                    );
-                }
-            }
-        }
-    }
-
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, sig);
-    }
-
-    /// SIGTERM, and everything it printed, once it has exited.
-    fn stop(mut self) -> String {
-        self.signal(nix::sys::signal::Signal::SIGTERM);
-        let status = self.child.wait().expect("wait for ward run");
-        assert!(status.success(), "ward run exited with {status}");
-        // The reader threads end with the pipes.
-        std::thread::sleep(Duration::from_millis(50));
-        self.out.try_iter().collect::<Vec<_>>().join("\n")
-    }
-
-    /// SIGKILL: no chance to clean anything up.
-    fn kill9(mut self) {
-        self.signal(nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for WardRun {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.signal(nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            self.signal(nix::sys::signal::Signal::SIGKILL);
-            let _ = self.child.wait();
-        }
-    }
 }
 
 /// One query from the LAN host over `transport`.

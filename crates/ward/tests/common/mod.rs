@@ -3,11 +3,14 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Output;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 pub use testlab::{addr, Lab, LabSpec, Probe};
 
 pub const WARD: &str = env!("CARGO_BIN_EXE_ward");
@@ -132,4 +135,118 @@ pub fn assert_blocked(p: &Probe, what: &str) {
         matches!(p, Probe::TimedOut | Probe::Unreachable(_)),
         "{what}: expected to be dropped, got {p:?}"
     );
+}
+
+/// `ward run` in the lab's firewall, stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct WardRun {
+    child: Child,
+    out: mpsc::Receiver<String>,
+    file: PolicyFile,
+}
+
+impl WardRun {
+    pub fn start(lab: &Lab, yaml: &str) -> WardRun {
+        WardRun::start_with(lab, yaml, &[])
+    }
+
+    /// With more arguments for `ward run` (`--metrics ADDR`, `--log FILE`).
+    pub fn start_with(lab: &Lab, yaml: &str, args: &[&str]) -> WardRun {
+        let file = PolicyFile::new(yaml);
+        let mut child = Command::new(WARD)
+            .args(["run", file.path(), "--netns", lab.fw().name()])
+            .args(args)
+            .env("WARD_STATE_DIR", state_dir())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ward run");
+        let (tx, out) = mpsc::channel();
+        for pipe in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let mut run = WardRun { child, out, file };
+        run.wait_for("ready", Duration::from_secs(20));
+        run
+    }
+
+    /// The policy file it runs; rewrite it and send SIGHUP to reload.
+    pub fn file(&self) -> &PolicyFile {
+        &self.file
+    }
+
+    /// Waits for an output line containing `what` and returns it; panics with everything seen
+    /// meanwhile if none comes in time.
+    pub fn wait_for(&mut self, what: &str, timeout: Duration) -> String {
+        let mut seen = String::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.out.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(line) => seen.push_str(&format!("{line}\n")),
+                Err(_) => {
+                    let status = self.child.try_wait().ok().flatten();
+                    panic!(
+                        "ward run printed no {what:?} (exit: {status:?}):\n{seen}policy:\n{}",
+                        std::fs::read_to_string(&self.file.0).unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Output lines printed so far and not yet read.
+    pub fn lines(&self) -> Vec<String> {
+        self.out.try_iter().collect()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, sig);
+    }
+
+    /// SIGTERM, and everything it printed, once it has exited.
+    pub fn stop(mut self) -> String {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = self.child.wait().expect("wait for ward run");
+        assert!(status.success(), "ward run exited with {status}");
+        // The reader threads end with the pipes.
+        std::thread::sleep(Duration::from_millis(50));
+        self.out.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    /// SIGKILL: no chance to clean anything up.
+    pub fn kill9(mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WardRun {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self.signal(nix::sys::signal::Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
 }
