@@ -68,15 +68,15 @@ impl Histogram {
             .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
 
-    /// The sum in seconds, the count, and per bound the cumulative count at or below it.
+    /// The sum in seconds, the count, and the count of each bucket (not cumulative), by its
+    /// upper bound; the last bucket's bound is infinity.
     pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(LOOKUP_BUCKETS.len());
-        for (bound, n) in LOOKUP_BUCKETS.iter().zip(&self.buckets) {
-            cumulative += n.load(Relaxed);
-            buckets.push((*bound, cumulative));
-        }
-        let count = cumulative + self.buckets[LOOKUP_BUCKETS.len()].load(Relaxed);
+        let bounds = LOOKUP_BUCKETS.iter().copied().chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds
+            .zip(&self.buckets)
+            .map(|(bound, n)| (bound, n.load(Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|b| b.1).sum();
         let sum = self.sum_ns.load(Relaxed) as f64 / 1e9;
         (sum, count, buckets)
     }
@@ -136,19 +136,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_are_cumulative_and_bounds_inclusive() {
+    fn histogram_bounds_are_inclusive_and_the_last_bucket_takes_the_rest() {
         let h = Histogram::default();
         h.observe(Duration::from_micros(50));
         h.observe(Duration::from_micros(100)); // on the first bound: in its bucket
         h.observe(Duration::from_millis(3));
-        h.observe(Duration::from_secs(10)); // above every bound: only in the count
+        h.observe(Duration::from_secs(10)); // above every bound
         let (sum, count, buckets) = h.snapshot();
         assert_eq!(count, 4);
         assert!((sum - 10.00315).abs() < 1e-9, "{sum}");
+        assert_eq!(buckets.len(), LOOKUP_BUCKETS.len() + 1);
         let at = |bound: f64| buckets.iter().find(|b| b.0 == bound).expect("bound").1;
         assert_eq!(at(0.0001), 2);
-        assert_eq!(at(0.0025), 2);
-        assert_eq!(at(0.005), 3);
-        assert_eq!(at(2.5), 3);
+        assert_eq!(at(0.0025), 0);
+        assert_eq!(at(0.005), 1);
+        assert_eq!(at(f64::INFINITY), 1);
     }
 }

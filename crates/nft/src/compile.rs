@@ -60,6 +60,9 @@ impl Default for Options {
 /// The comment that marks which rule a counter belongs to.
 pub const DEFAULT_DENY: &str = "default-deny";
 pub const DEFAULT_ACCEPT: &str = "default-accept";
+/// The comment of the rules that drop packets conntrack finds invalid (malformed, or out of
+/// any known connection's state), counted as `malformed_packet` drops.
+pub const INVALID: &str = "ward-ct-invalid";
 /// The regular chain whose one rule's comment records the policy hash and apply time.
 pub const INFO_CHAIN: &str = "info";
 /// Counters of the rules ward adds for its DNS proxy: clients in, the proxy out, intercepted.
@@ -442,9 +445,10 @@ impl Compiler<'_> {
                         left: ct("state"),
                         right: s("invalid"),
                     },
+                    counter(),
                     verdict(Verdict::drop()),
                 ],
-                None,
+                Some(INVALID),
             ),
         ]
     }

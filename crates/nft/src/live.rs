@@ -4,6 +4,7 @@
 
 use crate::compile::{
     Compiled, DEFAULT_ACCEPT, DEFAULT_DENY, DNS_INTERCEPT, DNS_PROXY, DNS_UPSTREAM, INFO_CHAIN,
+    INVALID,
 };
 use crate::netlink;
 use crate::render::{ChainPart, Parts, SetPart};
@@ -117,6 +118,7 @@ pub fn parse_listing(v: &Value) -> Installed {
 pub fn is_rule_counter(key: &str) -> bool {
     key != DEFAULT_DENY
         && key != DEFAULT_ACCEPT
+        && key != INVALID
         && key != "icmp-essentials"
         && !key.starts_with("snat-")
         && !key.starts_with("dnat-")

@@ -1,2 +1,4 @@
 //! ward's observability: the Prometheus metrics `ward run` serves on `--metrics` and the ECS
 //! events it writes to `--log`, both fed by the kernel data plane and the DNS proxy.
+
+pub mod metrics;

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use telemetry::metrics;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// What `ward run` was asked to do.
@@ -46,12 +47,26 @@ pub fn run(o: &Options) -> Result {
             state_dir: o.state_dir,
             confirm_within: None,
         };
-        // The DNS proxy is bound before the table changes: if its port is taken or
-        // libnftables is missing, nothing has changed yet.
+        // What can fail on its own comes before the table changes: the metrics address, and
+        // (in `render`) the DNS proxy's port and libnftables.
+        let sources = Arc::new(metrics::Sources::new(o.table, stats.clone()));
+        let _metrics = match o.metrics {
+            Some(addr) => {
+                let server = metrics::serve(addr, sources.clone()).map_err(|e| {
+                    Failure(format!(
+                        "error: cannot serve metrics on {addr}: {e}\nnothing was changed."
+                    ))
+                })?;
+                println!("metrics on http://{}/metrics", server.addr());
+                Some(server)
+            }
+            None => None,
+        };
         let (summary, next) = commands::apply_audited(&state, "apply", &safety, |sha| {
             render(o, sha, None, &stats)
         })?;
         println!("{summary}");
+        sources.set_policy(&next.policy, &next.sha256);
         let mut dns = None;
         start_or_change(&mut dns, next.dns, &stats);
         match &dns {
@@ -68,7 +83,7 @@ pub fn run(o: &Options) -> Result {
             None => println!("no destination_fqdn rules: no DNS proxy to run"),
         }
         println!("ward run: ready; SIGHUP re-applies the file, SIGTERM or Ctrl-C stops (the policy stays enforced)");
-        serve(o, dns, signals, &stats).await
+        serve(o, dns, signals, &stats, &sources).await
     })?;
     println!(
         "DNS: {}",
@@ -90,6 +105,7 @@ async fn serve(
     mut dns: Option<Running>,
     signals: Signals,
     stats: &Arc<Stats>,
+    sources: &metrics::Sources,
 ) -> Result {
     let Signals {
         mut hup,
@@ -121,6 +137,7 @@ async fn serve(
                 match r.unwrap_or_else(|e| Err(Failure(format!("error: the reload failed: {e}")))) {
                     Ok((summary, next)) => {
                         println!("re{summary}");
+                        sources.set_policy(&next.policy, &next.sha256);
                         if start_or_change(&mut dns, next.dns, stats) {
                             serving = dns.as_ref().map(|d| Box::pin(d.proxy.serve()));
                         }
@@ -171,6 +188,8 @@ fn start_reload(
 /// What an apply hands to the daemon besides the table.
 struct Next {
     dns: DnsNext,
+    policy: Policy,
+    sha256: String,
 }
 
 /// What becomes of the DNS proxy after an apply.
@@ -203,11 +222,13 @@ fn render(
             let key = DnsKey::of(p, &plan);
             match current {
                 Some(cur) if *cur == key => DnsNext::Keep,
-                Some(cur) if cur.plan.listen != plan.listen => return Err(Failure(format!(
+                Some(cur) if cur.plan.listen != plan.listen => {
+                    return Err(Failure(format!(
                     "error: the DNS proxy would move from {} to {}: restart `ward run` for that",
                     join(&cur.plan.listen),
                     join(&plan.listen)
-                ))),
+                )))
+                }
                 Some(_) => DnsNext::Rules(DnsRules::build(p, key, o.table, stats)?),
                 None => {
                     let rules = DnsRules::build(p, key, o.table, stats)?;
@@ -223,7 +244,12 @@ fn render(
             }
         }
     };
-    Ok((s, parts, summary, Next { dns }))
+    let next = Next {
+        dns,
+        policy: l.checked.policy,
+        sha256: l.sha256,
+    };
+    Ok((s, parts, summary, next))
 }
 
 /// Puts an apply's outcome into effect; true if the proxy must be served anew.

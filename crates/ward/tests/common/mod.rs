@@ -172,6 +172,8 @@ impl WardRun {
                 }
             });
         }
+        // Only the readers hold senders now: once ward run has exited, waiting ends at once.
+        drop(tx);
         let mut run = WardRun { child, out, file };
         run.wait_for("ready", Duration::from_secs(20));
         run
