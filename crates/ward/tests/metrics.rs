@@ -137,6 +137,7 @@ fn scrape_parses_and_counters_move_by_exactly_what_was_sent() {
             "{family} missing from the scrape:\n{first}"
         );
     }
+    dist_files_use_only_served_metrics(&first);
     let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(yaml.as_bytes()));
     assert_eq!(
         value(
@@ -188,4 +189,45 @@ fn scrape_parses_and_counters_move_by_exactly_what_was_sent() {
     assert!(value(&after, "ward_conntrack_entries") >= 1.0);
     run.stop();
     lab.down().unwrap();
+}
+
+/// The alert rules and the dashboard shipped in dist/ name only metrics ward serves, and the
+/// rules file is YAML with an expression for every alert.
+fn dist_files_use_only_served_metrics(scrape: &str) {
+    let served: std::collections::HashSet<&str> = body(scrape)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist");
+    let rules = std::fs::read_to_string(dist.join("prometheus/ward-alerts.yml")).expect("rules");
+    let dashboard =
+        std::fs::read_to_string(dist.join("grafana/ward-dashboard.json")).expect("dashboard");
+    let docs = yaml_rust2::YamlLoader::load_from_str(&rules).expect("alert rules are YAML");
+    let alerts = docs[0]["groups"][0]["rules"]
+        .as_vec()
+        .expect("a rules list");
+    assert!(alerts.len() >= 5);
+    for a in alerts {
+        assert!(
+            a["alert"].as_str().is_some() && a["expr"].as_str().is_some(),
+            "{a:?}"
+        );
+    }
+    let json: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
+    assert!(json["panels"].as_array().is_some_and(|p| p.len() >= 10));
+    for (file, text) in [("alert rules", &rules), ("dashboard", &dashboard)] {
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("ward_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            assert!(
+                served.contains(name.as_str()),
+                "{file} uses {name}, which ward does not serve"
+            );
+            rest = &rest[at + name.len()..];
+        }
+    }
 }
