@@ -10,6 +10,7 @@
 use crate::cache::{Answer, Cache, Update};
 use crate::learner::Learner;
 use crate::matcher::Matcher;
+use crate::names::Names;
 use crate::stats::Stats;
 use policy::DnsSettings;
 use std::future::Future;
@@ -51,11 +52,13 @@ impl Committer {
         settings: &DnsSettings,
         matcher: Arc<Matcher>,
         stats: Arc<Stats>,
+        names: Arc<Names>,
         learner: L,
     ) -> (Committer, impl Future<Output = ()>) {
         let (jobs, rx) = mpsc::unbounded_channel();
         let cache = Cache::new(settings);
-        (Committer { jobs }, run(rx, learner, cache, matcher, stats))
+        let task = run(rx, learner, cache, matcher, stats, names);
+        (Committer { jobs }, task)
     }
 
     /// Learns `answer` and returns once the data plane holds what it allows (or refused it).
@@ -74,11 +77,13 @@ async fn run<L: Learner>(
     mut cache: Cache,
     matcher: Arc<Matcher>,
     stats: Arc<Stats>,
+    names: Arc<Names>,
 ) {
     let epoch = Instant::now();
     let now_ms = || epoch.elapsed().as_millis() as u64;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut updates = Vec::new();
+    let mut taught = Vec::new();
     let mut tick = tokio::time::interval(EXPIRE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -89,6 +94,7 @@ async fn run<L: Learner>(
             },
             _ = tick.tick() => {
                 cache.expire(now_ms());
+                names.expire();
                 stats.cache(cache.len(), cache.evictions());
                 continue;
             }
@@ -103,8 +109,11 @@ async fn run<L: Learner>(
         }
         let now = now_ms();
         updates.clear();
-        for job in &batch {
+        // Which job taught each update, for `names`.
+        taught.clear();
+        for (i, job) in batch.iter().enumerate() {
             updates.extend(cache.learn(now, &job.answer, &matcher));
+            taught.resize(updates.len(), i);
         }
         let result = learner.commit(&updates).map_err(|e| {
             Stats::add(&stats.commit_failures);
@@ -117,6 +126,12 @@ async fn run<L: Learner>(
             }
             CommitFailed::Refused(e.to_string())
         });
+        if result.is_ok() {
+            names.record(updates.iter().zip(&taught).filter_map(|(u, &i)| match *u {
+                Update::Add { addr, ttl, .. } => Some((addr, batch[i].answer.qname.as_str(), ttl)),
+                Update::Remove { .. } => None,
+            }));
+        }
         stats.cache(cache.len(), cache.evictions());
         for job in batch.drain(..) {
             let _ = job.done.send(result.clone());
@@ -160,6 +175,15 @@ mod tests {
         stats: Arc<Stats>,
         f: impl AsyncFnOnce(Committer) -> T,
     ) -> T {
+        with_names(learner, stats, Arc::new(Names::new(100)), f)
+    }
+
+    fn with_names<L: Learner + 'static, T>(
+        learner: L,
+        stats: Arc<Stats>,
+        names: Arc<Names>,
+        f: impl AsyncFnOnce(Committer) -> T,
+    ) -> T {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -169,6 +193,7 @@ mod tests {
             &DnsSettings::default(),
             Arc::new(matcher(&[&["example.com"]])),
             stats,
+            names,
             learner,
         );
         local.spawn_local(task);
@@ -179,8 +204,10 @@ mod tests {
     fn commits_before_returning_and_reports_refusals() {
         let rec = Arc::new(Mutex::new(RecordingLearner::new()));
         let stats = Arc::new(Stats::default());
-        let (r, st) = (rec.clone(), stats.clone());
-        with_committer(Shared(rec.clone()), stats.clone(), async move |c| {
+        let names = Arc::new(Names::new(100));
+        let (r, st, n) = (rec.clone(), stats.clone(), names.clone());
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        with_names(Shared(rec.clone()), stats.clone(), names, async move |c| {
             c.learn(answer("example.com", "192.0.2.1"))
                 .await
                 .expect("committed");
@@ -197,6 +224,7 @@ mod tests {
                 }]
             );
             assert_eq!(st.learned.load(Relaxed), 1);
+            assert_eq!(n.lookup(ip("192.0.2.1")).as_deref(), Some("example.com"));
 
             r.lock().expect("lock").fail = true;
             let err = c.learn(answer("example.com", "192.0.2.2")).await;
@@ -204,6 +232,7 @@ mod tests {
             assert_eq!(st.commit_failures.load(Relaxed), 1);
             // The refused address was forgotten: only the first one is held.
             assert_eq!(st.learned.load(Relaxed), 1);
+            assert_eq!(n.lookup(ip("192.0.2.2")), None);
 
             // Unmatched names commit an empty batch and still succeed.
             r.lock().expect("lock").fail = false;

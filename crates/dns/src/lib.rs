@@ -7,6 +7,7 @@
 //!   (CNAME chains, TTL clamps, `capacity` and `max_ips_per_name` eviction, expiry).
 //! - [`Learner`]: the data plane seam; [`RecordingLearner`] stands in for one in tests.
 //! - [`RateLimiter`]: `dns_qps_per_client`, per client address.
+//! - [`Names`]: the name each learned address was learned for, for log events.
 //!
 //! - [`wire`]: DNS messages without sockets (query checks, ECS stripping, reply checks).
 //! - [`Committer`]: the task that owns the cache and the learner, batching answers into one
@@ -20,6 +21,7 @@ mod cache;
 mod committer;
 mod learner;
 mod matcher;
+mod names;
 mod proxy;
 mod ratelimit;
 mod stats;
@@ -29,6 +31,7 @@ pub use cache::{Answer, Cache, Evictions, Record, Update, MAX_CNAME_HOPS};
 pub use committer::{CommitFailed, Committer};
 pub use learner::{Learner, RecordingError, RecordingLearner};
 pub use matcher::{Matcher, RuleIdx};
+pub use names::Names;
 pub use proxy::{Config, Proxy, DEFAULT_UPSTREAM_TIMEOUT};
 pub use ratelimit::{RateLimiter, DEFAULT_MAX_CLIENTS};
 pub use stats::{Histogram, Stats, LOOKUP_BUCKETS};

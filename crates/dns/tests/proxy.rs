@@ -113,6 +113,7 @@ fn proxy(up: SocketAddr) -> Running {
             &DnsSettings::default(),
             matcher.clone(),
             st.clone(),
+            Arc::new(dns::Names::new(1024)),
             learner,
         );
         local.spawn_local(task);

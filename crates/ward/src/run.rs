@@ -4,7 +4,7 @@
 
 use crate::commands::{self, Failure, Result, Safety};
 use crate::safe;
-use dns::{Committer, Learner, Matcher, Proxy, Stats, Update};
+use dns::{Committer, Learner, Matcher, Names, Proxy, Stats, Update};
 use nft::learn::{SetOp, SetWriter};
 use policy::{FqdnPattern, Policy};
 use std::future::Future;
@@ -33,7 +33,11 @@ pub fn run(o: &Options) -> Result {
         nft::netns::enter(ns)?;
     }
     let state = safe::State::new(o.state_dir, o.netns, o.table);
-    let stats = Arc::new(Stats::default());
+    let shared = DnsShared {
+        stats: Arc::new(Stats::default()),
+        names: Arc::new(Names::new(0)),
+    };
+    let stats = &shared.stats;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -63,12 +67,12 @@ pub fn run(o: &Options) -> Result {
             None => None,
         };
         let (summary, next) = commands::apply_audited(&state, "apply", &safety, |sha| {
-            render(o, sha, None, &stats)
+            render(o, sha, None, &shared)
         })?;
         println!("{summary}");
         sources.set_policy(&next.policy, &next.sha256);
         let mut dns = None;
-        start_or_change(&mut dns, next.dns, &stats);
+        start_or_change(&mut dns, next.dns, stats);
         match &dns {
             Some(d) => println!(
                 "serving DNS on {} (UDP and TCP), forwarding to {}{}",
@@ -83,7 +87,7 @@ pub fn run(o: &Options) -> Result {
             None => println!("no destination_fqdn rules: no DNS proxy to run"),
         }
         println!("ward run: ready; SIGHUP re-applies the file, SIGTERM or Ctrl-C stops (the policy stays enforced)");
-        serve(o, dns, signals, &stats, &sources).await
+        serve(o, dns, signals, &shared, &sources).await
     })?;
     println!(
         "DNS: {}",
@@ -104,7 +108,7 @@ async fn serve(
     o: &Options<'_>,
     mut dns: Option<Running>,
     signals: Signals,
-    stats: &Arc<Stats>,
+    shared: &DnsShared,
     sources: &metrics::Sources,
 ) -> Result {
     let Signals {
@@ -129,7 +133,7 @@ async fn serve(
                 if reloading.is_some() {
                     again = true;
                 } else {
-                    reloading = Some(start_reload(o, dns.as_ref().map(|d| d.rules.clone_key()), stats));
+                    reloading = Some(start_reload(o, dns.as_ref().map(|d| d.rules.clone_key()), shared));
                 }
             }
             r = async { reloading.as_mut().expect("guarded").await }, if reloading.is_some() => {
@@ -138,14 +142,14 @@ async fn serve(
                     Ok((summary, next)) => {
                         println!("re{summary}");
                         sources.set_policy(&next.policy, &next.sha256);
-                        if start_or_change(&mut dns, next.dns, stats) {
+                        if start_or_change(&mut dns, next.dns, &shared.stats) {
                             serving = dns.as_ref().map(|d| Box::pin(d.proxy.serve()));
                         }
                     }
                     Err(Failure(e)) => eprintln!("{e}\nreload failed; the running policy stays in force"),
                 }
                 if std::mem::take(&mut again) {
-                    reloading = Some(start_reload(o, dns.as_ref().map(|d| d.rules.clone_key()), stats));
+                    reloading = Some(start_reload(o, dns.as_ref().map(|d| d.rules.clone_key()), shared));
                 }
             }
         }
@@ -156,14 +160,14 @@ async fn serve(
 fn start_reload(
     o: &Options,
     current: Option<DnsKey>,
-    stats: &Arc<Stats>,
+    shared: &DnsShared,
 ) -> tokio::task::JoinHandle<Result<(String, Next)>> {
     let file = o.file.to_path_buf();
     let table = o.table.to_string();
     let state_dir = o.state_dir.to_path_buf();
     let netns = o.netns.map(str::to_string);
     let state = safe::State::new(&state_dir, netns.as_deref(), &table);
-    let stats = stats.clone();
+    let shared = shared.clone();
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let _rt = handle.enter();
@@ -180,7 +184,7 @@ fn start_reload(
             confirm_within: None,
         };
         commands::apply_audited(&state, "reload", &safety, |sha| {
-            render(&o, sha, current.as_ref(), &stats)
+            render(&o, sha, current.as_ref(), &shared)
         })
     })
 }
@@ -209,7 +213,7 @@ fn render(
     o: &Options,
     sha: &mut Option<String>,
     current: Option<&DnsKey>,
-    stats: &Arc<Stats>,
+    shared: &DnsShared,
 ) -> Result<(nft::Session, nft::render::Parts, String, Next)> {
     let l = commands::load(o.file)?;
     *sha = Some(l.sha256.clone());
@@ -229,14 +233,14 @@ fn render(
                     join(&plan.listen)
                 )))
                 }
-                Some(_) => DnsNext::Rules(DnsRules::build(p, key, o.table, stats)?),
+                Some(_) => DnsNext::Rules(DnsRules::build(p, key, o.table, shared)?),
                 None => {
-                    let rules = DnsRules::build(p, key, o.table, stats)?;
+                    let rules = DnsRules::build(p, key, o.table, shared)?;
                     let proxy = Proxy::bind(
                         rules.config.clone(),
                         rules.matcher.clone(),
                         rules.committer.clone(),
-                        stats.clone(),
+                        shared.stats.clone(),
                     )
                     .map_err(|e| Failure(format!("error: DNS proxy: {e}\nnothing was changed.")))?;
                     DnsNext::Start(proxy, rules)
@@ -278,6 +282,13 @@ fn start_or_change(dns: &mut Option<Running>, next: DnsNext, stats: &Arc<Stats>)
             true
         }
     }
+}
+
+/// What the DNS side keeps across reloads: its counters, and the names of learned addresses.
+#[derive(Clone)]
+struct DnsShared {
+    stats: Arc<Stats>,
+    names: Arc<Names>,
 }
 
 /// The proxy being served and the rules it serves.
@@ -327,11 +338,18 @@ struct DnsRules {
 }
 
 impl DnsRules {
-    fn build(p: &Policy, key: DnsKey, table: &str, stats: &Arc<Stats>) -> Result<DnsRules> {
+    fn build(p: &Policy, key: DnsKey, table: &str, shared: &DnsShared) -> Result<DnsRules> {
+        shared.names.set_capacity(p.dns.capacity as usize);
         let matcher = Arc::new(Matcher::from_policy(p));
         let rule_ids: Vec<String> = p.rules.iter().map(|r| r.id.clone()).collect();
         let learner = KernelSets::open(table, rule_ids)?;
-        let (committer, task) = Committer::new(&p.dns, matcher.clone(), stats.clone(), learner);
+        let (committer, task) = Committer::new(
+            &p.dns,
+            matcher.clone(),
+            shared.stats.clone(),
+            shared.names.clone(),
+            learner,
+        );
         let plan = key.plan.clone();
         Ok(DnsRules {
             config: dns::Config::new(p, plan.listen.clone(), plan.upstreams.clone()),
