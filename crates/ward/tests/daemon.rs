@@ -5,12 +5,10 @@
 mod common;
 
 use common::*;
-use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::RecordType;
 use nix::sys::signal::Signal;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
-use testlab::{answer_addrs, dns_query, edns, Transport, Zone};
+use testlab::Zone;
 
 const RELOAD: Duration = Duration::from_secs(20);
 
@@ -119,34 +117,18 @@ fn repeated_sighups_are_coalesced_into_at_most_two_reloads() {
 fn a_reload_gives_the_dns_proxy_the_new_names() {
     let lab = lab();
     let _dns = lab.wan().dns_server(Zone::standard()).expect("upstream");
-    lab.wan()
-        .ip(&["addr", "add", "198.51.100.21/24", "dev", "eth0"])
-        .expect("add address to the WAN host");
-    let proxy = SocketAddr::new(IpAddr::V4(addr::FW_LAN), 53);
-    let resolve = |name: &str| {
-        let m = lab
-            .lan()
-            .dns(
-                proxy,
-                dns_query(name, RecordType::A, Some(edns(1232))),
-                Transport::Udp,
-                Duration::from_secs(3),
-            )
-            .expect("query through the proxy");
-        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{m:?}");
-        answer_addrs(&m)
-    };
-    let short = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 21));
+    wan_owns(&lab, &[21]);
+    let short = wan(21);
     let connect = |dst: IpAddr| tcp(&lab.lan(), &lab.wan(), dst, 80);
 
     let mut run = WardRun::start(&lab, &policy(8080, Some("ok.test")));
-    assert_eq!(resolve("ok.test."), vec![IpAddr::V4(addr::WAN_HOST)]);
+    assert_eq!(resolve(&lab, "ok.test."), vec![IpAddr::V4(addr::WAN_HOST)]);
     assert_pass(&connect(IpAddr::V4(addr::WAN_HOST)), "ok.test, resolved");
-    assert_eq!(resolve("short.test."), vec![short]);
+    assert_eq!(resolve(&lab, "short.test."), vec![short]);
     assert_blocked(&connect(short), "short.test, not listed yet");
 
     reload(&mut run, &policy(8080, Some("short.test")));
-    assert_eq!(resolve("short.test."), vec![short]);
+    assert_eq!(resolve(&lab, "short.test."), vec![short]);
     assert_pass(&connect(short), "short.test, listed by the reload");
     let out = run.stop();
     assert!(out.contains("DNS: success=3"), "{out}");

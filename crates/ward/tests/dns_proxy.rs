@@ -6,20 +6,12 @@
 mod common;
 
 use common::*;
-use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 use testlab::{answer_addrs, dns_exchange, dns_query, edns, Transport, Zone};
-
-/// The proxy's address as the LAN host sees it: the firewall's LAN address.
-const PROXY: SocketAddr = SocketAddr::new(IpAddr::V4(addr::FW_LAN), 53);
-const DNS_TIMEOUT: Duration = Duration::from_secs(3);
-
-fn wan(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(198, 51, 100, last))
-}
 
 /// A gateway policy with the upstream in the WAN namespace and the given extra settings.
 fn policy(dns: &str, rules: &str) -> String {
@@ -36,47 +28,9 @@ fn policy(dns: &str, rules: &str) -> String {
     )
 }
 
-/// One query from the LAN host over `transport`.
-fn ask(lab: &Lab, server: SocketAddr, name: &str, rtype: RecordType, t: Transport) -> Message {
-    lab.lan()
-        .dns(
-            server,
-            dns_query(name, rtype, Some(edns(1232))),
-            t,
-            DNS_TIMEOUT,
-        )
-        .unwrap_or_else(|e| panic!("query {name} via {server}: {e}"))
-}
-
-/// Resolves `name` (A) through the proxy and returns the addresses.
-fn resolve(lab: &Lab, name: &str) -> Vec<IpAddr> {
-    let m = ask(lab, PROXY, name, RecordType::A, Transport::Udp);
-    assert_eq!(
-        m.metadata.response_code,
-        ResponseCode::NoError,
-        "{name}: {m:?}"
-    );
-    answer_addrs(&m)
-}
-
 /// LAN host → `dst`:80 (a server on the WAN host, which owns `dst`).
 fn connect(lab: &Lab, dst: IpAddr) -> Probe {
     tcp(&lab.lan(), &lab.wan(), dst, 80)
-}
-
-/// Gives the WAN host more of its subnet's addresses (the zone points names at them).
-fn wan_owns(lab: &Lab, lasts: &[u8]) {
-    for last in lasts {
-        lab.wan()
-            .ip(&[
-                "addr",
-                "add",
-                &format!("198.51.100.{last}/24"),
-                "dev",
-                "eth0",
-            ])
-            .expect("add address to the WAN host");
-    }
 }
 
 #[test]

@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
 use std::io::{BufRead, BufReader, Read};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Output;
 use std::process::{Child, Command, Stdio};
@@ -12,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 pub use testlab::{addr, Lab, LabSpec, Probe};
+use testlab::{answer_addrs, dns_query, edns, Transport};
 
 pub const WARD: &str = env!("CARGO_BIN_EXE_ward");
 
@@ -250,5 +253,51 @@ impl Drop for WardRun {
             self.signal(nix::sys::signal::Signal::SIGKILL);
             let _ = self.child.wait();
         }
+    }
+}
+
+/// The proxy's address as the LAN host sees it: the firewall's LAN address.
+pub const PROXY: SocketAddr = SocketAddr::new(IpAddr::V4(addr::FW_LAN), 53);
+pub const DNS_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub fn wan(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 51, 100, last))
+}
+
+/// One query from the LAN host over `transport`.
+pub fn ask(lab: &Lab, server: SocketAddr, name: &str, rtype: RecordType, t: Transport) -> Message {
+    lab.lan()
+        .dns(
+            server,
+            dns_query(name, rtype, Some(edns(1232))),
+            t,
+            DNS_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("query {name} via {server}: {e}"))
+}
+
+/// Resolves `name` (A) through the proxy and returns the addresses.
+pub fn resolve(lab: &Lab, name: &str) -> Vec<IpAddr> {
+    let m = ask(lab, PROXY, name, RecordType::A, Transport::Udp);
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::NoError,
+        "{name}: {m:?}"
+    );
+    answer_addrs(&m)
+}
+
+/// Gives the WAN host more of its subnet's addresses (the zone points names at them).
+pub fn wan_owns(lab: &Lab, lasts: &[u8]) {
+    for last in lasts {
+        lab.wan()
+            .ip(&[
+                "addr",
+                "add",
+                &format!("198.51.100.{last}/24"),
+                "dev",
+                "eth0",
+            ])
+            .expect("add address to the WAN host");
     }
 }
