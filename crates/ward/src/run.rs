@@ -4,7 +4,7 @@
 use crate::commands::{self, Failure, Result};
 use dns::{Committer, Learner, Matcher, Proxy, Stats, Update};
 use nft::learn::{SetOp, SetWriter};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,8 +13,10 @@ pub struct Options<'a> {
     pub file: &'a Path,
     pub table: &'a str,
     pub netns: Option<&'a str>,
+    #[allow(dead_code)] // not used by `run` yet
     pub state_dir: &'a Path,
     /// Where to serve Prometheus metrics.
+    #[allow(dead_code)] // not served yet
     pub metrics: Option<SocketAddr>,
     /// Where to write ECS events (`-`: stdout).
     pub log: Option<&'a Path>,
@@ -27,6 +29,13 @@ pub fn run(o: &Options) -> Result {
     let session = commands::session(netns)?;
     let p = &l.checked.policy;
     let (parts, summary, opts) = commands::prepare(&l, file, table)?;
+    // ECS events on threads of their own (in the namespace entered above), subscribed before
+    // the policy logs anything; stopped when `run` returns.
+    let _events = o
+        .log
+        .map(|out| telemetry::EventLog::start(out, p, opts.log_group, |_: IpAddr| None))
+        .transpose()
+        .map_err(|e| Failure(format!("error: {e}\nnothing was changed.")))?;
 
     // One thread serves everything: the proxy's sockets, and the commits into the kernel
     // inline between them (see the dns crate's committer).
