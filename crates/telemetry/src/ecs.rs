@@ -310,8 +310,16 @@ fn transport(protocol: u8) -> String {
     .to_string()
 }
 
+/// RFC 3339 UTC with milliseconds. Its four-digit years end with 9999 (and humantime panics
+/// on times before 1970): such a time is an error, not a line.
 fn rfc3339_millis<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_millis(*t))
+    const LAST: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) if d.as_secs() <= LAST => s.collect_str(&humantime::format_rfc3339_millis(*t)),
+        _ => Err(serde::ser::Error::custom(
+            "timestamp outside years 1970-9999",
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -533,9 +541,13 @@ mod tests {
         let mut s = seen(None, None);
         s.at = SystemTime::UNIX_EPOCH + Duration::new(951_782_400, 5_000_000); // 2000-02-29
         assert_eq!(
-            json(&Event::new(&book, &d, s))["@timestamp"],
+            json(&Event::new(&book, &d, s.clone()))["@timestamp"],
             "2000-02-29T00:00:00.005Z"
         );
+        s.at = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+        assert!(serde_json::to_string(&Event::new(&book, &d, s.clone())).is_err());
+        s.at = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+        assert!(serde_json::to_string(&Event::new(&book, &d, s)).is_err());
     }
 
     #[test]

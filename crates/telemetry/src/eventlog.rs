@@ -32,7 +32,8 @@ pub struct Counters {
     pub written: AtomicU64,
     /// Events dropped, oldest first, because the writer fell behind.
     pub dropped: AtomicU64,
-    /// NFLOG messages or packets that could not be parsed.
+    /// NFLOG messages or packets that could not be parsed, and events whose time RFC 3339
+    /// cannot write.
     pub malformed: AtomicU64,
     /// Logged packets that are not ward's (another prefix) or name a rule the policy no
     /// longer logs.
@@ -171,12 +172,20 @@ fn write(mut out: Box<dyn Write + Send>, queue: &Queue<Event>, counters: &Counte
     let mut batch = VecDeque::new();
     let mut line = Vec::with_capacity(1024);
     while queue.take_all(&mut batch) {
-        let n = batch.len() as u64;
+        let mut n = 0;
         line.clear();
         for e in batch.drain(..) {
-            // Serialising these plain fields into memory cannot fail.
-            if serde_json::to_writer(&mut line, &e).is_ok() {
-                line.push(b'\n');
+            let start = line.len();
+            // Only a time RFC 3339 cannot write fails; it came in with the packet.
+            match serde_json::to_writer(&mut line, &e) {
+                Ok(()) => {
+                    line.push(b'\n');
+                    n += 1;
+                }
+                Err(_) => {
+                    line.truncate(start);
+                    bump(&counters.malformed);
+                }
             }
         }
         let counter = match out.write_all(&line).and_then(|()| out.flush()) {
