@@ -1,6 +1,7 @@
-//! `ward run --log FILE` on real traffic: connection attempts from the LAN host through the
-//! lab's firewall become one ECS event each, with the rule, the flow and the NAT they got.
-//! Each attempt sends exactly one SYN, so each logged rule sees exactly one packet.
+//! `ward run --log FILE` on real traffic: connection attempts through the lab's firewall
+//! become one ECS event each, with the rule, the flow and the NAT they got (masquerade out,
+//! a port-forward in). Each attempt sends exactly one SYN, so each logged rule sees exactly
+//! one packet.
 
 mod common;
 
@@ -8,7 +9,7 @@ use common::*;
 use serde_json::Value;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io::{BufRead, BufReader, Read};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -19,6 +20,9 @@ const ATTEMPT: Duration = Duration::from_millis(500);
 const DISCARD: u16 = 9;
 const ECHO: u16 = 7;
 const WEB: u16 = 8080;
+/// The port-forward: the firewall's second WAN address, to the LAN host's port 80.
+const FORWARDED: u16 = 8081;
+const INSIDE: u16 = 80;
 
 fn policy() -> String {
     format!(
@@ -41,11 +45,23 @@ fn policy() -> String {
     destination_port: {WEB}
     action: accept
     log: true
+  - id: web-in
+    direction: ingress
+    destination: 192.168.50.10
+    protocol: tcp
+    destination_port: {INSIDE}
+    action: accept
+    log: true
 nat:
   snat:
     - out_interface: wan0
       source: 192.168.50.0/24
       masquerade: true
+  dnat:
+    - wan_ip: 198.51.100.2
+      wan_port: {FORWARDED}
+      to: \"192.168.50.10:{INSIDE}\"
+      proto: tcp
 "
     )
 }
@@ -157,38 +173,42 @@ impl Drop for WardRun {
     }
 }
 
-/// One TCP connection attempt from the LAN host to the WAN host's `port`, bound first so
-/// its source port is known. Returns that address and, when it connected, the server's first
-/// line: the address the server saw it as.
-fn attempt(lab: &Lab, port: u16) -> (SocketAddr, Option<String>) {
-    lab.lan()
-        .run(move || {
-            let dst = SocketAddr::new(IpAddr::V4(addr::WAN_HOST), port);
-            let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
-            let me = SocketAddr::new(IpAddr::V4(addr::LAN_HOST), 0);
-            s.bind(&SockAddr::from(me)).expect("bind");
-            let local = s
-                .local_addr()
-                .expect("local address")
-                .as_socket()
-                .expect("an IP socket");
-            let line = match s.connect_timeout(&SockAddr::from(dst), ATTEMPT) {
-                Ok(()) => {
-                    let stream: TcpStream = s.into();
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(2)))
-                        .expect("read timeout");
-                    let mut line = String::new();
-                    BufReader::new(stream)
-                        .read_line(&mut line)
-                        .expect("the server's line");
-                    Some(line.trim().to_string())
-                }
-                Err(_) => None,
-            };
-            (local, line)
-        })
-        .expect("run in the LAN namespace")
+/// One TCP connection attempt from `from` (an address of namespace `ns`) to `to`, bound
+/// first so its source port is known. Returns that address and, when it connected, the
+/// server's first line: the address the server saw it as.
+fn attempt(ns: &testlab::Netns, from: Ipv4Addr, to: SocketAddr) -> (SocketAddr, Option<String>) {
+    ns.run(move || {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+        s.bind(&SockAddr::from(SocketAddr::new(IpAddr::V4(from), 0)))
+            .expect("bind");
+        let local = s
+            .local_addr()
+            .expect("local address")
+            .as_socket()
+            .expect("an IP socket");
+        let line = match s.connect_timeout(&SockAddr::from(to), ATTEMPT) {
+            Ok(()) => {
+                let stream: TcpStream = s.into();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(2)))
+                    .expect("read timeout");
+                let mut line = String::new();
+                BufReader::new(stream)
+                    .read_line(&mut line)
+                    .expect("the server's line");
+                Some(line.trim().to_string())
+            }
+            Err(_) => None,
+        };
+        (local, line)
+    })
+    .expect("run in the namespace")
+}
+
+/// LAN host → WAN host `port`.
+fn outbound(lab: &Lab, port: u16) -> (SocketAddr, Option<String>) {
+    let to = SocketAddr::new(IpAddr::V4(addr::WAN_HOST), port);
+    attempt(&lab.lan(), addr::LAN_HOST, to)
 }
 
 /// Every line of the log, each of which must be one JSON object.
@@ -225,15 +245,16 @@ fn wait_for(log: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     }
 }
 
-fn assert_common(e: &Value, from: SocketAddr, port: u16, before: SystemTime) {
+/// The fields every event of a TCP flow `from` → `to` has.
+fn assert_flow(e: &Value, from: SocketAddr, to: SocketAddr, direction: &str, before: SystemTime) {
     assert_eq!(e["event.kind"], "event", "{e}");
     assert_eq!(e["event.category"], "network", "{e}");
-    assert_eq!(e["source.ip"], addr::LAN_HOST.to_string(), "{e}");
+    assert_eq!(e["source.ip"], from.ip().to_string(), "{e}");
     assert_eq!(e["source.port"], u64::from(from.port()), "{e}");
-    assert_eq!(e["destination.ip"], addr::WAN_HOST.to_string(), "{e}");
-    assert_eq!(e["destination.port"], u64::from(port), "{e}");
+    assert_eq!(e["destination.ip"], to.ip().to_string(), "{e}");
+    assert_eq!(e["destination.port"], u64::from(to.port()), "{e}");
     assert_eq!(e["network.transport"], "tcp", "{e}");
-    assert_eq!(e["network.direction"], "outbound", "{e}");
+    assert_eq!(e["network.direction"], direction, "{e}");
     assert!(
         e.get("destination.domain").is_none(),
         "no name was learned: {e}"
@@ -252,6 +273,13 @@ fn assert_common(e: &Value, from: SocketAddr, port: u16, before: SystemTime) {
     );
 }
 
+/// The one event of the flow from `from`.
+fn only(all: &[Value], from: SocketAddr) -> Value {
+    let mut e = of_flow(all, from);
+    assert_eq!(e.len(), 1, "one SYN, one event: {e:#?}");
+    e.remove(0)
+}
+
 #[test]
 fn each_logged_decision_is_one_ecs_event() {
     let lab = lab();
@@ -268,28 +296,36 @@ fn each_logged_decision_is_one_ecs_event() {
         text(&second)
     );
 
+    let wan_host = |port| SocketAddr::new(IpAddr::V4(addr::WAN_HOST), port);
     let _servers: Vec<_> = [DISCARD, ECHO, WEB]
         .iter()
         .map(|&p| {
             lab.wan()
-                .tcp_server(SocketAddr::new(IpAddr::V4(addr::WAN_HOST), p))
+                .tcp_server(wan_host(p))
                 .expect("server on the WAN host")
         })
+        .chain([lab
+            .lan()
+            .tcp_server(SocketAddr::new(IpAddr::V4(addr::LAN_HOST), INSIDE))
+            .expect("server on the LAN host")])
         .collect();
 
     let before = SystemTime::now();
-    let (denied, got) = attempt(&lab, DISCARD);
+    let (denied, got) = outbound(&lab, DISCARD);
     assert_eq!(got, None, "the discard port is denied");
-    let (unlisted, got) = attempt(&lab, ECHO);
+    let (unlisted, got) = outbound(&lab, ECHO);
     assert_eq!(got, None, "no rule allows the echo port");
-    let (web, seen_as) = attempt(&lab, WEB);
+    let (web, seen_as) = outbound(&lab, WEB);
     let seen_as: SocketAddr = seen_as
         .expect("the web port is allowed")
         .parse()
         .expect("the server writes the client's address");
     assert_eq!(seen_as.ip(), IpAddr::V4(addr::FW_WAN), "masqueraded");
+    let public = SocketAddr::new(IpAddr::V4(addr::FW_WAN2), FORWARDED);
+    let (visitor, got) = attempt(&lab.wan(), addr::WAN_HOST, public);
+    assert!(got.is_some(), "the port-forward is allowed");
 
-    let flows = [denied, unlisted, web];
+    let flows = [denied, unlisted, web, visitor];
     wait_for(log.path(), |all| {
         flows.iter().all(|f| !of_flow(all, *f).is_empty())
     });
@@ -298,10 +334,8 @@ fn each_logged_decision_is_one_ecs_event() {
     ward.stop();
     let all = events(log.path());
 
-    let d = of_flow(&all, denied);
-    assert_eq!(d.len(), 1, "one SYN, one event: {d:#?}");
-    let d = &d[0];
-    assert_common(d, denied, DISCARD, before);
+    let d = only(&all, denied);
+    assert_flow(&d, denied, wan_host(DISCARD), "outbound", before);
     assert_eq!(d["event.action"], "drop", "{d}");
     assert_eq!(d["event.outcome"], "failure", "{d}");
     assert_eq!(d["rule.id"], "no-discard", "{d}");
@@ -309,19 +343,15 @@ fn each_logged_decision_is_one_ecs_event() {
     assert_eq!(d["firewall.drop_reason"], "explicit_deny", "{d}");
     assert!(d.get("network.translated.address").is_none(), "{d}");
 
-    let u = of_flow(&all, unlisted);
-    assert_eq!(u.len(), 1, "{u:#?}");
-    let u = &u[0];
-    assert_common(u, unlisted, ECHO, before);
+    let u = only(&all, unlisted);
+    assert_flow(&u, unlisted, wan_host(ECHO), "outbound", before);
     assert_eq!(u["event.action"], "drop", "{u}");
     assert_eq!(u["rule.id"], "default-deny", "{u}");
     assert_eq!(u["rule.name"], "default deny (forward)", "{u}");
     assert_eq!(u["firewall.drop_reason"], "no_matching_allow_rule", "{u}");
 
-    let w = of_flow(&all, web);
-    assert_eq!(w.len(), 1, "only a flow's first packet is decided: {w:#?}");
-    let w = &w[0];
-    assert_common(w, web, WEB, before);
+    let w = only(&all, web);
+    assert_flow(&w, web, wan_host(WEB), "outbound", before);
     assert_eq!(w["event.action"], "accept", "{w}");
     assert_eq!(w["event.outcome"], "success", "{w}");
     assert_eq!(w["rule.id"], "web-out", "{w}");
@@ -336,6 +366,23 @@ fn each_logged_decision_is_one_ecs_event() {
         w["network.translated.port"],
         u64::from(seen_as.port()),
         "{w}"
+    );
+
+    // The filter sees the inside address; the public one is the translated side.
+    let v = only(&all, visitor);
+    let inside = SocketAddr::new(IpAddr::V4(addr::LAN_HOST), INSIDE);
+    assert_flow(&v, visitor, inside, "inbound", before);
+    assert_eq!(v["event.action"], "accept", "{v}");
+    assert_eq!(v["rule.id"], "web-in", "{v}");
+    assert_eq!(
+        v["network.translated.address"],
+        public.ip().to_string(),
+        "{v}"
+    );
+    assert_eq!(
+        v["network.translated.port"],
+        u64::from(public.port()),
+        "{v}"
     );
 }
 
