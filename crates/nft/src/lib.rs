@@ -2,11 +2,13 @@
 //! reads back and removes it through libnftables, in-process. Not for: parsing policy files.
 
 pub mod compile;
+pub mod conntrack;
 pub mod dnsplan;
 pub mod learn;
 pub mod live;
 mod netlink;
 pub mod netns;
+pub mod nflog;
 pub mod render;
 pub mod schema;
 pub mod session;

@@ -1,5 +1,6 @@
 //! nf_tables set-element messages written by hand, and the netlink socket that commits them
-//! as one transaction: for the DNS learner's updates and for filling big maps on apply.
+//! as one transaction: for the DNS learner's updates and for filling big maps on apply. Also
+//! the message and attribute walkers the NFLOG reader and conntrack lookups parse replies with.
 //!
 //! Why by hand: libnftables spends most of its time parsing its language, which the kernel
 //! then needs only a fraction of (a learned address: ~80 µs vs a few; 10k map elements:
@@ -7,8 +8,10 @@
 //! element messages without linking libnftnl. Tables, sets, chains and rules stay with
 //! libnftables.
 
+use crate::nflog::Malformed;
 use crate::schema::{Expr, Named, Verdict};
 use crate::session::NftError;
+use nix::errno::Errno;
 use nix::sys::socket::{
     bind, recv, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag,
     SockProtocol, SockType,
@@ -16,14 +19,19 @@ use nix::sys::socket::{
 use std::cell::Cell;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
 
 // From linux/netlink.h, linux/netfilter/nfnetlink.h and linux/netfilter/nf_tables.h.
-const NLMSG_HDRLEN: usize = 16;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 0x1;
+pub(crate) const NLMSG_HDRLEN: usize = 16;
+/// nfgenmsg: family, version, resource id.
+pub(crate) const NFGENMSG_LEN: usize = 4;
+pub(crate) const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_DONE: u16 = 3;
+pub(crate) const NLM_F_REQUEST: u16 = 0x1;
 pub(crate) const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
 const NLA_F_NESTED: u16 = 1 << 15;
+const NLA_F_NET_BYTEORDER: u16 = 1 << 14;
 pub(crate) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 pub(crate) const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 pub(crate) const NFNL_MSG_BATCH_END: u16 = 0x11;
@@ -167,25 +175,107 @@ impl Batch {
         last
     }
 
-    /// nlmsghdr + nfgenmsg; returns where the message starts (see `close`).
     fn header(&mut self, ty: u16, flags: u16, family: u8, res_id: u16) -> usize {
-        let at = self.buf.len();
-        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set by `close`
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(&flags.to_ne_bytes());
-        self.buf.extend_from_slice(&self.seq.to_ne_bytes());
-        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
-        self.buf.push(family);
-        self.buf.push(0); // NFNETLINK_V0
-        self.buf.extend_from_slice(&res_id.to_be_bytes());
+        let at = header(&mut self.buf, ty, flags, self.seq, family, res_id);
         self.seq = self.seq.wrapping_add(1);
         at
     }
 
     fn close(&mut self, at: usize) {
-        let len = (self.buf.len() - at) as u32;
-        self.buf[at..at + 4].copy_from_slice(&len.to_ne_bytes());
+        close(&mut self.buf, at);
     }
+}
+
+/// Appends nlmsghdr + nfgenmsg; returns where the message starts (see `close`).
+pub(crate) fn header(
+    buf: &mut Vec<u8>,
+    ty: u16,
+    flags: u16,
+    seq: u32,
+    family: u8,
+    res_id: u16,
+) -> usize {
+    let at = buf.len();
+    buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set by `close`
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
+    buf.push(family);
+    buf.push(0); // NFNETLINK_V0
+    buf.extend_from_slice(&res_id.to_be_bytes());
+    at
+}
+
+/// Sets the length of the message that starts at `at` to reach the end of `buf`.
+pub(crate) fn close(buf: &mut [u8], at: usize) {
+    let len = (buf.len() - at) as u32;
+    buf[at..at + 4].copy_from_slice(&len.to_ne_bytes());
+}
+
+/// One message of a datagram from the kernel; `body` follows the nlmsghdr.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Msg<'a> {
+    pub ty: u16,
+    pub seq: u32,
+    pub body: &'a [u8],
+}
+
+/// The messages of one datagram, in order; a length that does not fit what is left ends the
+/// walk with an error.
+pub(crate) fn messages(buf: &[u8]) -> impl Iterator<Item = Result<Msg<'_>, Malformed>> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let Some(hdr) = rest.get(..NLMSG_HDRLEN) else {
+            rest = &[];
+            return Some(Err(Malformed("netlink message shorter than its header")));
+        };
+        let len = u32_at(hdr, 0) as usize;
+        if len < NLMSG_HDRLEN || len > rest.len() {
+            rest = &[];
+            return Some(Err(Malformed("netlink message length out of bounds")));
+        }
+        let msg = Msg {
+            ty: u16::from_ne_bytes([hdr[4], hdr[5]]),
+            seq: u32_at(hdr, 8),
+            body: &rest[NLMSG_HDRLEN..len],
+        };
+        rest = rest.get(align(len)..).unwrap_or_default();
+        Some(Ok(msg))
+    })
+}
+
+/// The attributes in `buf` by type, as the kernel's `nla_parse` sees them: flags masked off,
+/// the last of a type wins, types of `N` and above are ignored (newer kernels add some).
+pub(crate) fn parse_attrs<const N: usize>(buf: &[u8]) -> Result<[Option<&[u8]>; N], Malformed> {
+    let mut out = [None; N];
+    let mut at = 0;
+    while at + 4 <= buf.len() {
+        let len = usize::from(u16::from_ne_bytes([buf[at], buf[at + 1]]));
+        let ty =
+            u16::from_ne_bytes([buf[at + 2], buf[at + 3]]) & !(NLA_F_NESTED | NLA_F_NET_BYTEORDER);
+        if len < 4 || at + len > buf.len() {
+            return Err(Malformed("attribute length out of bounds"));
+        }
+        if let Some(slot) = out.get_mut(usize::from(ty)) {
+            *slot = Some(&buf[at + 4..at + len]);
+        }
+        at += align(len);
+    }
+    Ok(out)
+}
+
+/// A big-endian integer attribute of exactly `N` bytes.
+pub(crate) fn be<const N: usize>(value: Option<&[u8]>) -> Result<Option<[u8; N]>, Malformed> {
+    value
+        .map(|v| {
+            v.try_into()
+                .map_err(|_| Malformed("integer attribute of the wrong size"))
+        })
+        .transpose()
 }
 
 /// A NETLINK_NETFILTER socket in the network namespace of the thread that opened it.
@@ -197,6 +287,12 @@ pub(crate) struct Socket {
 
 impl Socket {
     pub(crate) fn open() -> Result<Socket, NftError> {
+        // A reply never takes long; this only keeps a lost one from hanging the caller.
+        Socket::open_with(Duration::from_secs(5))
+    }
+
+    /// A socket whose receives give up after `timeout` (`EAGAIN`).
+    pub(crate) fn open_with(timeout: Duration) -> Result<Socket, NftError> {
         let err = |what: &str, e: nix::Error| NftError::Init(format!("netlink {what}: {e}"));
         let fd = socket(
             AddressFamily::Netlink,
@@ -206,8 +302,10 @@ impl Socket {
         )
         .map_err(|e| err("socket", e))?;
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(|e| err("bind", e))?;
-        // A reply never takes long; this only keeps a lost one from hanging the caller.
-        let limit = nix::sys::time::TimeVal::new(5, 0);
+        let limit = nix::sys::time::TimeVal::new(
+            timeout.as_secs() as nix::libc::time_t,
+            timeout.subsec_micros() as nix::libc::suseconds_t,
+        );
         setsockopt(&fd, sockopt::ReceiveTimeout, &limit).map_err(|e| err("timeout", e))?;
         Ok(Socket {
             fd,
@@ -240,38 +338,75 @@ impl Socket {
     /// Reads replies until the acknowledgement of message `last`; the first error reported
     /// for a message of this batch (seq `first..=last`, in order) fails it.
     fn wait_for(&self, first: u32, last: u32) -> Result<(), NftError> {
+        match self.acked(first, last, |_| {}) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(NftError::Rejected(format!(
+                "Could not process rule: {}",
+                e.desc()
+            ))),
+            Err(e) => Err(NftError::Rejected(format!("netlink reply: {e}"))),
+        }
+    }
+
+    /// The socket, for the caller's own options and receives.
+    pub(crate) fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// The sequence number for the next request.
+    pub(crate) fn next_seq(&self) -> u32 {
+        let seq = self.seq.get();
+        self.seq.set(seq.wrapping_add(1));
+        seq
+    }
+
+    /// Sends one message that asks for an acknowledgement (sequence number `seq`) and waits
+    /// for it. Other messages for it (a GET's answer) go to `reply`. The outer error is the
+    /// socket's, the inner one the kernel's refusal.
+    pub(crate) fn request(
+        &self,
+        msg: &[u8],
+        seq: u32,
+        reply: impl FnMut(Msg<'_>),
+    ) -> nix::Result<Result<(), Errno>> {
+        send(self.fd.as_raw_fd(), msg, MsgFlags::empty())?;
+        self.acked(seq, seq, reply)
+    }
+
+    /// Reads until the acknowledgement of message `last`; the first error the kernel reports
+    /// for a message of `first..=last` ends the wait with it. Messages of that range other
+    /// than acks go to `reply`; anything else (a late answer to an earlier request) is
+    /// skipped.
+    fn acked(
+        &self,
+        first: u32,
+        last: u32,
+        mut reply: impl FnMut(Msg<'_>),
+    ) -> nix::Result<Result<(), Errno>> {
         // Acks are 36 bytes, an error echoes one element message: a page holds many.
         let mut buf = [0u8; 8192];
         loop {
-            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())
-                .map_err(|e| NftError::Rejected(format!("netlink reply: {e}")))?;
-            let mut at = 0;
-            while at + NLMSG_HDRLEN <= n {
-                let len = u32_at(&buf, at) as usize;
-                if len < NLMSG_HDRLEN || at + len > n {
-                    break;
+            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+            for m in messages(&buf[..n]) {
+                let Ok(m) = m else { break };
+                let mine = m.seq.wrapping_sub(first) <= last.wrapping_sub(first);
+                if !mine {
+                    continue;
                 }
-                let ty = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
-                let seq = u32_at(&buf, at + 8);
-                let mine = seq.wrapping_sub(first) <= last.wrapping_sub(first);
-                if ty == NLMSG_ERROR && mine && len >= NLMSG_HDRLEN + 4 {
-                    let errno = i32::from_ne_bytes(
-                        buf[at + NLMSG_HDRLEN..at + NLMSG_HDRLEN + 4]
-                            .try_into()
-                            .unwrap_or_default(),
-                    );
-                    if errno != 0 {
-                        let e = nix::errno::Errno::from_raw(-errno);
-                        return Err(NftError::Rejected(format!(
-                            "Could not process rule: {}",
-                            e.desc()
-                        )));
-                    }
-                    if seq == last {
-                        return Ok(());
-                    }
+                if m.ty != NLMSG_ERROR {
+                    reply(m);
+                    continue;
                 }
-                at += align(len);
+                let Some(errno) = m.body.get(..4) else {
+                    continue;
+                };
+                let errno = i32::from_ne_bytes(errno.try_into().unwrap_or_default());
+                if errno != 0 {
+                    return Ok(Err(Errno::from_raw(-errno)));
+                }
+                if m.seq == last {
+                    return Ok(Ok(()));
+                }
             }
         }
     }

@@ -24,6 +24,8 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 pub struct Sources {
     table: String,
     dns: Arc<Stats>,
+    /// The ECS event log's counters, when `--log` is on.
+    log: Option<Arc<crate::Counters>>,
     policy: Mutex<PolicyView>,
 }
 
@@ -36,10 +38,11 @@ struct PolicyView {
 }
 
 impl Sources {
-    pub fn new(table: &str, dns: Arc<Stats>) -> Sources {
+    pub fn new(table: &str, dns: Arc<Stats>, log: Option<Arc<crate::Counters>>) -> Sources {
         Sources {
             table: table.to_string(),
             dns,
+            log,
             policy: Mutex::default(),
         }
     }
@@ -325,6 +328,27 @@ impl Collector for Scrape {
                 ),
             ],
         )?;
+        if let Some(log) = &src.log {
+            let n = |o: &str, c: &std::sync::atomic::AtomicU64| {
+                (
+                    vec![("outcome", o.to_string())],
+                    Value::Counter(c.load(Relaxed)),
+                )
+            };
+            family(
+                &mut enc,
+                "ward_log_events",
+                "Logged packets, by what became of their ECS event",
+                MetricType::Counter,
+                [
+                    n("written", &log.written),
+                    n("dropped_overload", &log.dropped),
+                    n("malformed", &log.malformed),
+                    n("skipped", &log.skipped),
+                    n("write_error", &log.write_errors),
+                ],
+            )?;
+        }
         Ok(())
     }
 }

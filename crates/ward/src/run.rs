@@ -8,7 +8,7 @@ use dns::{Committer, Learner, Matcher, Names, Proxy, Stats, Update};
 use nft::learn::{SetOp, SetWriter};
 use policy::{FqdnPattern, Policy};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -51,9 +51,27 @@ pub fn run(o: &Options) -> Result {
             state_dir: o.state_dir,
             confirm_within: None,
         };
-        // What can fail on its own comes before the table changes: the metrics address, and
-        // (in `render`) the DNS proxy's port and libnftables.
-        let sources = Arc::new(metrics::Sources::new(o.table, stats.clone()));
+        // What can fail on its own comes before the table changes: the event log's NFLOG
+        // group and file (subscribed before the policy logs anything), the metrics address,
+        // and (in `render`) the DNS proxy's port.
+        let events = match o.log {
+            Some(out) => {
+                let names = shared.names.clone();
+                let group = nft::Options::default().log_group;
+                let domain = move |ip: IpAddr| names.lookup(ip);
+                Some(
+                    telemetry::EventLog::start(out, None, group, domain).map_err(
+                        |e| Failure(format!("error: {e}\nnothing was changed.")),
+                    )?,
+                )
+            }
+            None => None,
+        };
+        let sources = Arc::new(metrics::Sources::new(
+            o.table,
+            stats.clone(),
+            events.as_ref().map(|e| e.counters()),
+        ));
         let _metrics = match o.metrics {
             Some(addr) => {
                 let server = metrics::serve(addr, sources.clone()).map_err(|e| {
@@ -70,7 +88,11 @@ pub fn run(o: &Options) -> Result {
             render(o, sha, None, &shared)
         })?;
         println!("{summary}");
-        sources.set_policy(&next.policy, &next.sha256);
+        let observers = Observers {
+            metrics: &sources,
+            events: events.as_ref(),
+        };
+        observers.policy(&next);
         let mut dns = None;
         start_or_change(&mut dns, next.dns, stats);
         match &dns {
@@ -87,7 +109,7 @@ pub fn run(o: &Options) -> Result {
             None => println!("no destination_fqdn rules: no DNS proxy to run"),
         }
         println!("ward run: ready; SIGHUP re-applies the file, SIGTERM or Ctrl-C stops (the policy stays enforced)");
-        serve(o, dns, signals, &shared, &sources).await
+        serve(o, dns, signals, &shared, &observers).await
     })?;
     println!(
         "DNS: {}",
@@ -109,7 +131,7 @@ async fn serve(
     mut dns: Option<Running>,
     signals: Signals,
     shared: &DnsShared,
-    sources: &metrics::Sources,
+    observers: &Observers<'_>,
 ) -> Result {
     let Signals {
         mut hup,
@@ -141,7 +163,7 @@ async fn serve(
                 match r.unwrap_or_else(|e| Err(Failure(format!("error: the reload failed: {e}")))) {
                     Ok((summary, next)) => {
                         println!("re{summary}");
-                        sources.set_policy(&next.policy, &next.sha256);
+                        observers.policy(&next);
                         if start_or_change(&mut dns, next.dns, &shared.stats) {
                             serving = dns.as_ref().map(|d| Box::pin(d.proxy.serve()));
                         }
@@ -187,6 +209,22 @@ fn start_reload(
             render(&o, sha, current.as_ref(), &shared)
         })
     })
+}
+
+/// What describes the running policy to the outside: metrics and ECS events.
+struct Observers<'a> {
+    metrics: &'a metrics::Sources,
+    events: Option<&'a telemetry::EventLog>,
+}
+
+impl Observers<'_> {
+    /// The policy `next` is now enforced.
+    fn policy(&self, next: &Next) {
+        self.metrics.set_policy(&next.policy, &next.sha256);
+        if let Some(e) = self.events {
+            e.reload(&next.policy);
+        }
+    }
 }
 
 /// What an apply hands to the daemon besides the table.

@@ -112,7 +112,9 @@ fn scrape_parses_and_counters_move_by_exactly_what_was_sent() {
     let lab = lab();
     let _dns = lab.wan().dns_server(Zone::standard()).expect("upstream");
     let yaml = policy();
-    let run = WardRun::start_with(&lab, &yaml, &["--metrics", METRICS]);
+    let log = std::env::temp_dir().join(format!("ward-test-metrics-{}.jsonl", std::process::id()));
+    let log = log.to_str().expect("utf-8 temp path").to_string();
+    let run = WardRun::start_with(&lab, &yaml, &["--metrics", METRICS, "--log", &log]);
 
     let first = scrape(&lab);
     let before = samples(body(&first));
@@ -130,6 +132,7 @@ fn scrape_parses_and_counters_move_by_exactly_what_was_sent() {
         "ward_fqdn_set_size",
         "ward_fqdn_set_evictions_total{reason=ttl_expired}",
         "ward_fqdn_set_evictions_total{reason=capacity_pressure}",
+        "ward_log_events_total{outcome=dropped_overload}",
     ] {
         assert!(
             before.contains_key(family),
@@ -178,6 +181,7 @@ fn scrape_parses_and_counters_move_by_exactly_what_was_sent() {
     );
     assert!(value(&after, "ward_conntrack_entries") >= 1.0);
     run.stop();
+    let _ = std::fs::remove_file(&log);
     lab.down().unwrap();
 }
 
