@@ -1,14 +1,18 @@
 //! ward's userspace data plane: frames in, verdicts out, for the `ward engine` appliance form.
 //! [`core`] is `no_std` + `alloc` and does no I/O, so it can run under a unikernel later.
 //!
-//! Here: parsing one Ethernet frame ([`core::packet`]). Not yet here: the rule classifier,
+//! Here: parsing one Ethernet frame ([`core::packet`]) and the policy compiled into a
+//! classifier whose cost does not grow with the rule count ([`core::filter`]). Not yet here:
 //! connection tracking, NAT, the ARP responder and neighbour table, forwarding (MAC rewrite,
 //! TTL, checksums) and the AF_PACKET loop that drives it all.
+//!
+//! The `std` feature (on by default) adds only what needs the standard library: compiling a
+//! `policy::Policy` into a [`core::filter::Filter`].
 
 #![no_std]
 
 extern crate alloc;
-#[cfg(test)]
+#[cfg(any(feature = "std", test))]
 extern crate std;
 
 pub mod core;
