@@ -7,7 +7,7 @@
 //! forwarding (MAC rewrite, TTL, checksums) and the AF_PACKET loop that drives it all.
 //!
 //! The `std` feature (on by default) adds only what needs the standard library: compiling a
-//! `policy::Policy` into a [`core::filter::Filter`].
+//! `policy::Policy` into a [`core::filter::Filter`], and reading its conntrack timeouts.
 
 #![no_std]
 
