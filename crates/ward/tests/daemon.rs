@@ -15,16 +15,12 @@ const RELOAD: Duration = Duration::from_secs(20);
 /// Allows LAN → WAN TCP to `port` only, and names matching `fqdn` on port 80 (if given).
 fn policy(port: u16, fqdn: Option<&str>) -> String {
     let mut p = format!(
-        "defaults:
-  default_action: deny
-  input_action: deny
-  output_action: deny
-  upstream_dns: 198.51.100.20
-{GATEWAY}dns:
+        "{}dns:
   min_ttl: 1
 rules:
   - {{id: open-{port}, direction: egress, destination: 198.51.100.20, protocol: tcp, destination_port: {port}, action: accept}}
-"
+",
+        closed_gateway()
     );
     if let Some(name) = fqdn {
         p.push_str(&format!(

@@ -16,15 +16,11 @@ use testlab::{answer_addrs, dns_exchange, dns_query, edns, Transport, Zone};
 /// A gateway policy with the upstream in the WAN namespace and the given extra settings.
 fn policy(dns: &str, rules: &str) -> String {
     format!(
-        "defaults:
-  default_action: deny
-  input_action: deny
-  output_action: deny
-  upstream_dns: 198.51.100.20
-{GATEWAY}dns:
+        "{}dns:
   min_ttl: 1
 {dns}rules:
-{rules}"
+{rules}",
+        closed_gateway()
     )
 }
 

@@ -341,15 +341,11 @@ fn a_flow_to_a_learned_address_carries_the_name_it_was_learned_for() {
         .expect("upstream");
     let log = TempPath::new("ecs-domain.jsonl");
     let yaml = format!(
-        "defaults:
-  default_action: deny
-  input_action: deny
-  output_action: deny
-  upstream_dns: 198.51.100.20
-{GATEWAY}rules:
+        "{}rules:
   - {{id: by-name, direction: egress, destination_fqdn: ok.test, protocol: tcp, destination_port: {WEB}, action: accept, log: true}}
   - {{id: by-address, direction: egress, destination: 198.51.100.20, protocol: tcp, destination_port: {ECHO}, action: deny, log: true}}
-"
+",
+        closed_gateway()
     );
     let ward = WardRun::start_with(&lab, &yaml, &["--log", log.path()]);
     let _server = lab

@@ -14,19 +14,15 @@ const METRICS: &str = "127.0.0.1:9580";
 
 fn policy() -> String {
     format!(
-        "defaults:
-  default_action: deny
-  input_action: deny
-  output_action: deny
-  upstream_dns: 198.51.100.20
-{GATEWAY}rules:
+        "{}rules:
   - {{id: ping-out, direction: egress, protocol: icmp, action: accept}}
   - {{id: no-telnet, direction: egress, protocol: tcp, destination_port: 23, action: deny}}
   - {{id: web-by-name, direction: egress, destination_fqdn: ok.test, protocol: tcp, destination_port: 80, action: accept}}
 nat:
   snat:
     - {{out_interface: wan0, source: 192.168.50.0/24, masquerade: true}}
-"
+",
+        closed_gateway()
     )
 }
 

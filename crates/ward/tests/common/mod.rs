@@ -24,6 +24,19 @@ pub const TIMEOUT: Duration = Duration::from_millis(700);
 /// The gateway header every lab policy starts with: lan0 faces the LAN host, wan0 the WAN host.
 pub const GATEWAY: &str = "interfaces:\n  lan: [lan0]\n  wan: [wan0]\n";
 
+/// A gateway that denies by default in every direction and resolves through the WAN host;
+/// policies append their `dns:` and `rules:`.
+pub fn closed_gateway() -> String {
+    format!(
+        "defaults:
+  default_action: deny
+  input_action: deny
+  output_action: deny
+  upstream_dns: 198.51.100.20
+{GATEWAY}"
+    )
+}
+
 pub fn lab() -> Lab {
     Lab::up(LabSpec::unique("wt")).unwrap_or_else(|e| {
         panic!("cannot build the namespace lab (tests need root, netns, veth): {e}")
