@@ -69,6 +69,33 @@ impl Tuple {
             proto: self.proto,
         }
     }
+
+    /// SipHash-1-3 of the tuple under a secret key, for anything that places tuples where a
+    /// sender could aim them (this table's index, NAT's choice of external port).
+    pub(crate) fn keyed_hash(&self, key: (u64, u64)) -> u64 {
+        // One write of the packed tuple: fed field by field (the derived `Hash`), SipHash
+        // spends more on buffering the pieces than on hashing 13 bytes of an IPv4 tuple.
+        let mut packed = [0u8; 37];
+        let mut len = 0;
+        let mut put = |bytes: &[u8]| {
+            if let Some(to) = packed.get_mut(len..len + bytes.len()) {
+                to.copy_from_slice(bytes);
+                len += bytes.len();
+            }
+        };
+        for addr in [self.src, self.dst] {
+            match addr {
+                IpAddr::V4(a) => put(&a.octets()),
+                IpAddr::V6(a) => put(&a.octets()),
+            }
+        }
+        put(&self.sport.to_be_bytes());
+        put(&self.dport.to_be_bytes());
+        put(&[self.proto]);
+        let mut h = SipHasher13::new_with_keys(key.0, key.1);
+        h.write(packed.get(..len).unwrap_or(&packed));
+        h.finish()
+    }
 }
 
 /// Seconds, as in the policy's `conntrack_timeouts`.
@@ -197,6 +224,10 @@ pub struct Hit {
     pub state: State,
     /// The rule that accepted the flow; `None` for the direction's default.
     pub rule: Option<u32>,
+    /// The flow's tuple for the other direction. The packet leaves carrying
+    /// `other.reversed()`: the tuple it came with unless NAT made the two directions differ,
+    /// and then what `nat::rewrite` must turn it into.
+    pub other: Tuple,
 }
 
 /// Why [`Conntrack::open`] refused a flow.
@@ -326,11 +357,26 @@ impl Conntrack {
         };
         entry.state = state;
         entry.expires = now.saturating_add(self.timeouts.millis(state));
+        let other = match dir {
+            Dir::Original => entry.reply,
+            Dir::Reply => entry.orig,
+        };
         Some(Hit {
             dir,
             state,
             rule: (entry.rule != NO_RULE).then_some(entry.rule),
+            other,
         })
+    }
+
+    /// Whether a live flow holds `tuple` as its original or its reply tuple: what
+    /// [`Conntrack::open`] would refuse as a clash. An expired entry not yet removed does not
+    /// count, as `open` removes it. Reads only; NAT asks this to pick a free external port.
+    pub fn holds(&self, tuple: &Tuple, now: u64) -> bool {
+        match self.find(tuple) {
+            Some((pos, _)) => matches!(self.entries.get(pos), Some(Some(e)) if now < e.expires),
+            None => false,
+        }
     }
 
     /// Opens a flow the filter accepted. `reply` is the tuple its replies will carry:
@@ -399,28 +445,7 @@ impl Conntrack {
     }
 
     fn hash(&self, tuple: &Tuple) -> u32 {
-        // One write of the packed tuple: fed field by field (the derived `Hash`), SipHash
-        // spends more on buffering the pieces than on hashing 13 bytes of an IPv4 tuple.
-        let mut packed = [0u8; 37];
-        let mut len = 0;
-        let mut put = |bytes: &[u8]| {
-            if let Some(to) = packed.get_mut(len..len + bytes.len()) {
-                to.copy_from_slice(bytes);
-                len += bytes.len();
-            }
-        };
-        for addr in [tuple.src, tuple.dst] {
-            match addr {
-                IpAddr::V4(a) => put(&a.octets()),
-                IpAddr::V6(a) => put(&a.octets()),
-            }
-        }
-        put(&tuple.sport.to_be_bytes());
-        put(&tuple.dport.to_be_bytes());
-        put(&[tuple.proto]);
-        let mut h = SipHasher13::new_with_keys(self.key.0, self.key.1);
-        h.write(packed.get(..len).unwrap_or(&packed));
-        (h.finish() >> 32) as u32
+        (tuple.keyed_hash(self.key) >> 32) as u32
     }
 
     /// Where probing for a hash starts: the hash scaled onto the index (Lemire's
@@ -775,6 +800,13 @@ mod tests {
         ct.open(orig, reply, State::TcpSynSent, None, 0).unwrap();
         let hit = ct.track(&reply, &tcp(SYN | ACK), SEC).unwrap();
         assert_eq!((hit.dir, hit.state), (Dir::Reply, State::TcpEstablished));
+        // Each direction learns the tuple it must leave with.
+        assert_eq!(hit.other.reversed(), orig.reversed());
+        let hit = ct.track(&orig, &tcp(ACK), SEC).unwrap();
+        assert_eq!(
+            (hit.dir, hit.other.reversed()),
+            (Dir::Original, reply.reversed())
+        );
         assert!(ct.track(&orig.reversed(), &tcp(ACK), SEC).is_none());
         assert_eq!(
             ct.open(
@@ -826,6 +858,29 @@ mod tests {
         assert!(ct.track(&flows[1], &udp, 61 * SEC).is_some());
         assert!(ct.track(&flows[2], &udp, 61 * SEC).is_some());
         assert!(ct.track(&flows[0], &udp, 61 * SEC).is_none());
+    }
+
+    #[test]
+    fn holds_sees_both_tuples_of_live_flows_only() {
+        let mut ct = table(4);
+        let orig = tuple(proto::UDP, 5000, 53);
+        let reply = Tuple {
+            dport: 16400,
+            ..orig.reversed()
+        };
+        assert!(!ct.holds(&orig, 0));
+        ct.open(orig, reply, State::UdpUnreplied, None, 0).unwrap();
+        assert!(ct.holds(&orig, 0) && ct.holds(&reply, 59 * SEC));
+        assert!(
+            !ct.holds(&orig.reversed(), 0),
+            "the untranslated reverse is free"
+        );
+        // Expired but not yet swept: free, and `open` agrees by taking it over.
+        assert!(!ct.holds(&reply, 60 * SEC));
+        let other = tuple(proto::UDP, 5001, 53);
+        ct.open(other, reply, State::UdpUnreplied, None, 60 * SEC)
+            .unwrap();
+        assert!(ct.holds(&reply, 60 * SEC) && !ct.holds(&orig, 60 * SEC));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod conntrack;
 pub mod filter;
+pub mod nat;
 pub mod packet;
 
 use ::core::fmt;
