@@ -1,6 +1,7 @@
 //! The engine's core: pure functions and tables over byte slices and caller-given time.
 //! No I/O, no clock, no allocation per packet; `alloc` only when tables are built.
 
+pub mod arp;
 pub mod conntrack;
 pub mod filter;
 pub mod packet;
