@@ -2,8 +2,10 @@
 //! No I/O, no clock, no allocation per packet; `alloc` only when tables are built.
 
 pub mod arp;
+pub mod checksum;
 pub mod conntrack;
 pub mod filter;
+pub mod forward;
 pub mod packet;
 
 use ::core::fmt;
