@@ -2,9 +2,12 @@
 //! [`core`] is `no_std` + `alloc` and does no I/O, so it can run under a unikernel later.
 //!
 //! Here: parsing one Ethernet frame ([`core::packet`]), the policy compiled into a classifier
-//! whose cost does not grow with the rule count ([`core::filter`]), and a bounded connection
-//! table ([`core::conntrack`]). Not yet here: NAT, the ARP responder and neighbour table,
-//! forwarding (MAC rewrite, TTL, checksums) and the AF_PACKET loop that drives it all.
+//! whose cost does not grow with the rule count ([`core::filter`]), a bounded connection
+//! table ([`core::conntrack`]), the engine's own addresses with the ARP replies for them and a
+//! bounded neighbour table ([`core::arp`]), the in-place rewrite of a forwarded frame
+//! ([`core::forward`]) and incremental checksum updates for it and for NAT
+//! ([`core::checksum`]). Not yet here: NAT itself, IPv6 neighbour discovery, ICMP errors
+//! (time exceeded) and the AF_PACKET loop that drives it all.
 //!
 //! The `std` feature (on by default) adds only what needs the standard library: compiling a
 //! `policy::Policy` into a [`core::filter::Filter`], and reading its conntrack timeouts.

@@ -6,18 +6,18 @@
 //! here yet: IPv6 next hops cannot be resolved, so IPv6 is parsed and filtered but has no
 //! neighbour to be forwarded to.
 //!
-//! Learning follows RFC 826's merge rule, tightened the way Linux does it by default: any ARP
-//! packet refreshes an entry the table already holds for its sender (so gratuitous ARP moves a
-//! neighbour to its new MAC), but a new entry is made only from a packet addressed to the
-//! engine (a request for its address, or a reply to one of its requests). Senders outside the
-//! side's subnet are never learned: a next hop is always on-link, and the other side's hosts
-//! must not be able to claim this side's addresses.
+//! Learning follows RFC 826's merge rule: any ARP packet refreshes an entry the table already
+//! holds for its sender (so gratuitous ARP moves a neighbour to its new MAC), but a new entry
+//! is made only from a packet whose target is the engine's own address (a request for it, or
+//! a reply to it). Senders outside the side's subnet are never learned: a next hop is always
+//! on-link, and the other side's hosts must not be able to claim this side's addresses.
 //!
-//! An unknown next hop: [`Neighbours::resolve`] says to send an ARP request ([`Neighbours::
-//! request`] builds it), at most one per address per [`RETRY_MS`], and the packet that needed
-//! it is **dropped**, not queued. A queue would hold frame buffers per unresolved address that
-//! anyone able to send to unknown addresses could fill; the sender's retransmission finds the
-//! neighbour known a moment later (Linux queues three packets; fast paths such as VPP drop).
+//! An unknown next hop: [`Neighbours::resolve`] says to send an ARP request (built by
+//! [`Neighbours::request`]), at most one per address per [`RETRY_MS`], and the packet that
+//! needed it is **dropped**, not queued. A queue would hold frame buffers per unresolved
+//! address that anyone able to send to unknown addresses could fill; the sender's
+//! retransmission finds the neighbour known a moment later (Linux queues three packets; fast
+//! paths such as VPP drop).
 //!
 //! The table is set-associative: an address hashes (SipHash-1-3, keyed by the caller like the
 //! connection table) to one set of [`WAYS`] entries, and a new entry replaces an empty or dead
