@@ -1,10 +1,19 @@
 //! Fuzz the engine's per-packet path with arbitrary frames: parsing, then the filter and the
 //! connection table on whatever parses. Nothing may panic; a bad frame is a drop with a reason.
+//!
+//! ARP goes to the neighbour table, whose replies must parse; an IP frame is also forwarded
+//! and NAT-style rewritten in a copy, which must still parse, one TTL lower (so the incremental
+//! IPv4 checksum verifies).
 #![no_main]
 
+use engine::core::arp::{Neighbours, Own, Side, FRAME_LEN};
+use engine::core::checksum::{addr_changed, l4_word_changed};
 use engine::core::conntrack::{Conntrack, Opening, Timeouts, Tuple};
+use engine::core::forward::{forward, NotForwarded};
 use engine::core::filter::{Direction, Filter, FlowKey};
-use engine::core::packet::{parse, Payload};
+use engine::core::packet::{parse, Ip, Payload, L4};
+use smoltcp::wire::EthernetAddress;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Mutex, OnceLock};
 
@@ -20,7 +29,11 @@ struct Fixture {
     filter: Filter,
     /// Small, so inputs fill it and its full and expiry paths run too.
     conntrack: Mutex<(Conntrack, u64)>,
+    /// Small too, so its sets fill and entries are replaced.
+    neighbours: Mutex<Neighbours>,
 }
+
+const OWN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 1]);
 
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
@@ -32,6 +45,20 @@ fn fixture() -> &'static Fixture {
         Fixture {
             filter: Filter::compile(&policy),
             conntrack: Mutex::new((Conntrack::new(64, Timeouts::default(), [1, 2]), 0)),
+            neighbours: Mutex::new(Neighbours::new(
+                Own {
+                    mac: OWN_MAC,
+                    ip: Ipv4Addr::new(192, 168, 1, 1),
+                    prefix_len: 24,
+                },
+                Own {
+                    mac: OWN_MAC,
+                    ip: Ipv4Addr::new(10, 0, 0, 1),
+                    prefix_len: 8,
+                },
+                16,
+                [3, 4],
+            )),
         }
     })
 }
@@ -40,11 +67,25 @@ fuzz_target!(|frame: &[u8]| {
     let Ok(parsed) = parse(frame) else {
         return;
     };
-    let Payload::Ip(ip) = parsed.payload else {
-        return;
+    let f = fixture();
+    let ip = match parsed.payload {
+        Payload::Ip(ip) => ip,
+        Payload::Arp(arp) => {
+            let Ok(mut n) = f.neighbours.lock() else {
+                return;
+            };
+            let side = if frame.len() % 2 == 0 { Side::Lan } else { Side::Wan };
+            let now = frame.len() as u64 * 500;
+            let mut reply = [0u8; FRAME_LEN];
+            if n.receive(side, parsed.dst_mac, &arp, now, &mut reply) {
+                assert!(matches!(parse(&reply).map(|p| p.payload), Ok(Payload::Arp(_))));
+            }
+            let _ = n.resolve(side, arp.target_ip, now);
+            return;
+        }
     };
     assert!(ip.offsets.l4 <= ip.offsets.end && ip.offsets.end <= frame.len());
-    let f = fixture();
+    rewrite(frame, &ip);
     let Ok(mut guard) = f.conntrack.lock() else {
         return;
     };
@@ -72,3 +113,36 @@ fuzz_target!(|frame: &[u8]| {
     }
     ct.sweep(*now, 8);
 });
+
+/// Forwards and NAT-rewrites a copy of the frame: it must still parse, one TTL lower.
+fn rewrite(frame: &[u8], ip: &Ip) {
+    let mut copy = frame.to_vec();
+    match forward(&mut copy, ip, EthernetAddress([0x02, 0, 0, 0, 0, 9]), OWN_MAC) {
+        Ok(()) => {}
+        Err(NotForwarded::TtlExceeded) => {
+            assert!(ip.ttl <= 1 && copy == frame);
+            return;
+        }
+        Err(NotForwarded::Mismatch) => panic!("a parsed frame matches its own offsets"),
+    }
+    // A new source address and port, written with their checksum updates.
+    let new = match ip.src {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9)),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9)),
+    };
+    let at = ip.offsets.l3 + if new.is_ipv4() { 12 } else { 8 };
+    match new {
+        IpAddr::V4(a) => copy[at..at + 4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => copy[at..at + 16].copy_from_slice(&a.octets()),
+    }
+    assert_eq!(addr_changed(&mut copy, ip, ip.src, new), Ok(()));
+    if let L4::Tcp { sport, .. } | L4::Udp { sport, .. } = ip.l4 {
+        let port = sport ^ 0x5a5a;
+        copy[ip.offsets.l4..ip.offsets.l4 + 2].copy_from_slice(&port.to_be_bytes());
+        assert_eq!(l4_word_changed(&mut copy, ip, sport, port), Ok(()));
+    }
+    match parse(&copy).map(|p| p.payload) {
+        Ok(Payload::Ip(after)) => assert_eq!((after.ttl, after.src), (ip.ttl - 1, new)),
+        other => panic!("the rewritten frame no longer parses: {other:?}"),
+    }
+}

@@ -3,9 +3,12 @@
 //!
 //! Here: parsing one Ethernet frame ([`core::packet`]), the policy compiled into a classifier
 //! whose cost does not grow with the rule count ([`core::filter`]), a bounded connection
-//! table ([`core::conntrack`]), and source / destination NAT with in-place header rewriting
-//! ([`core::nat`]). Not yet here: the ARP responder and neighbour table, forwarding (MAC
-//! rewrite, TTL) and the AF_PACKET loop that drives it all.
+//! table ([`core::conntrack`]), the engine's own addresses with the ARP replies for them and a
+//! bounded neighbour table ([`core::arp`]), the in-place rewrite of a forwarded frame
+//! ([`core::forward`]), incremental checksum updates ([`core::checksum`]), and source /
+//! destination NAT with in-place header rewriting ([`core::nat`]). Not yet here: IPv6
+//! neighbour discovery, ICMP errors (time exceeded, and NAT of their quoted headers) and the
+//! AF_PACKET loop that drives it all.
 //!
 //! The `std` feature (on by default) adds only what needs the standard library: compiling a
 //! `policy::Policy` into a [`core::filter::Filter`] and a [`core::nat::NatPlan`], and reading

@@ -1,8 +1,11 @@
 //! The engine's core: pure functions and tables over byte slices and caller-given time.
 //! No I/O, no clock, no allocation per packet; `alloc` only when tables are built.
 
+pub mod arp;
+pub mod checksum;
 pub mod conntrack;
 pub mod filter;
+pub mod forward;
 pub mod nat;
 pub mod packet;
 

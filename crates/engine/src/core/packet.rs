@@ -17,7 +17,7 @@ use super::DropReason;
 use ::core::net::{IpAddr, Ipv4Addr};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket,
+    Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket, IPV4_HEADER_LEN,
 };
 
 /// IP protocol numbers the engine looks into.
@@ -179,9 +179,14 @@ fn arp(body: &[u8]) -> Result<Arp, DropReason> {
 }
 
 fn ipv4(body: &[u8], l3: usize) -> Result<Ip, DropReason> {
-    // Checks the buffer against the IHL and total length, and IHL >= 5.
+    // Checks the buffer against 20 bytes, the IHL and the total length, but not IHL >= 5: a
+    // header "shorter" than its fixed fields would put the L4 header on top of the addresses
+    // and the checksum only over what the IHL covers, so that is refused here.
     let packet = Ipv4Packet::new_checked(body).map_err(|_| MALFORMED)?;
-    if packet.version() != 4 || !packet.verify_checksum() {
+    if packet.version() != 4
+        || usize::from(packet.header_len()) < IPV4_HEADER_LEN
+        || !packet.verify_checksum()
+    {
         return Err(MALFORMED);
     }
     if packet.more_frags() || packet.frag_offset() != 0 {
@@ -727,6 +732,33 @@ mod tests {
         let mut p = ipv4_packet(&h, &tcp(1, 2, 0x02));
         p[8] ^= 1;
         assert_eq!(parse(&eth(0x0800, &p)), Err(DropReason::MalformedPacket));
+    }
+
+    #[test]
+    fn ipv4_ihl_under_5_is_malformed_even_with_a_checksum_over_it() {
+        // IHL 2 to 4: the identification word lies inside, so it can make the sum over the
+        // IHL's bytes verify. GRE, so that no L4 header check refuses it for another reason.
+        let gre = V4 {
+            proto: 47,
+            ..V4::default()
+        };
+        for ihl in 2..5u8 {
+            let mut p = ipv4_packet(&gre, &[0; 12]);
+            p[0] = 0x40 | ihl;
+            let hlen = usize::from(ihl) * 4;
+            p[4..6].copy_from_slice(&[0, 0]);
+            if hlen > 10 {
+                p[10..12].copy_from_slice(&[0, 0]);
+            }
+            let fix = checksum(&p[..hlen]);
+            p[4..6].copy_from_slice(&fix.to_be_bytes());
+            assert!(Ipv4Packet::new_checked(&p[..]).is_ok_and(|h| h.verify_checksum()));
+            assert_eq!(
+                parse(&eth(0x0800, &p)),
+                Err(DropReason::MalformedPacket),
+                "IHL {ihl}"
+            );
+        }
     }
 
     #[test]
