@@ -155,7 +155,7 @@ async fn serve(
                 if reloading.is_some() {
                     again = true;
                 } else {
-                    reloading = Some(start_reload(o, dns.as_ref().map(|d| d.rules.clone_key()), shared));
+                    reloading = Some(start_reload(o, dns.as_ref().map(|d| d.rules.key.clone()), shared));
                 }
             }
             r = async { reloading.as_mut().expect("guarded").await }, if reloading.is_some() => {
@@ -171,7 +171,7 @@ async fn serve(
                     Err(Failure(e)) => eprintln!("{e}\nreload failed; the running policy stays in force"),
                 }
                 if std::mem::take(&mut again) {
-                    reloading = Some(start_reload(o, dns.as_ref().map(|d| d.rules.clone_key()), shared));
+                    reloading = Some(start_reload(o, dns.as_ref().map(|d| d.rules.key.clone()), shared));
                 }
             }
         }
@@ -397,10 +397,6 @@ impl DnsRules {
             committer,
             task: Some(Box::pin(task)),
         })
-    }
-
-    fn clone_key(&self) -> DnsKey {
-        self.key.clone()
     }
 }
 
