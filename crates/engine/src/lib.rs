@@ -6,9 +6,10 @@
 //! table ([`core::conntrack`]), the engine's own addresses with the ARP replies for them and a
 //! bounded neighbour table ([`core::arp`]), the in-place rewrite of a forwarded frame
 //! ([`core::forward`]), incremental checksum updates ([`core::checksum`]), and source /
-//! destination NAT with in-place header rewriting ([`core::nat`]). Not yet here: IPv6
-//! neighbour discovery, ICMP errors (time exceeded, and NAT of their quoted headers) and the
-//! AF_PACKET loop that drives it all.
+//! destination NAT with in-place header rewriting ([`core::nat`]), and [`core::engine`], which
+//! takes a frame through all of them in SPEC §8's order and counts what became of it. Not yet
+//! here: IPv6 forwarding (no neighbour discovery), ICMP errors (time exceeded, and NAT of
+//! their quoted headers) and the AF_PACKET loop that drives it all.
 //!
 //! The `std` feature (on by default) adds only what needs the standard library: compiling a
 //! `policy::Policy` into a [`core::filter::Filter`] and a [`core::nat::NatPlan`], and reading

@@ -68,17 +68,28 @@ pub struct Own {
 }
 
 impl Own {
+    fn mask(&self) -> u32 {
+        let prefix = u32::from(self.prefix_len.min(32));
+        u32::MAX.checked_shl(32 - prefix).unwrap_or(0)
+    }
+
+    /// Whether `ip` lies in the side's subnet, its own, network and broadcast addresses
+    /// included: an address that is this side's to route, neighbour or not.
+    pub fn in_subnet(&self, ip: Ipv4Addr) -> bool {
+        let mask = self.mask();
+        u32::from(ip) & mask == u32::from(self.ip) & mask
+    }
+
     /// Whether `ip` can be a neighbour on this side: inside the subnet, and not the engine's
     /// own address, the subnet's network or broadcast address (except on /31 and /32, which
     /// have none, RFC 3021), the limited broadcast, or a multicast address.
     pub fn on_link(&self, ip: Ipv4Addr) -> bool {
-        let prefix = u32::from(self.prefix_len.min(32));
-        let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+        let mask = self.mask();
         let (net, addr) = (u32::from(self.ip) & mask, u32::from(ip));
-        if addr & mask != net || ip == self.ip || ip.is_broadcast() || ip.is_multicast() {
+        if !self.in_subnet(ip) || ip == self.ip || ip.is_broadcast() || ip.is_multicast() {
             return false;
         }
-        prefix >= 31 || (addr != net && addr != net | !mask)
+        self.prefix_len.min(32) >= 31 || (addr != net && addr != net | !mask)
     }
 }
 
@@ -673,6 +684,11 @@ mod tests {
             assert_eq!(n.resolve(Side::Lan, ip, 0), Resolved::OffLink, "{ip}");
         }
         assert!(n.is_empty());
+        // The subnet holds what is not a neighbour too: ours, network, broadcast.
+        for ip in [lan().ip, lan_host(0), lan_host(255), lan_host(10)] {
+            assert!(lan().in_subnet(ip), "{ip}");
+        }
+        assert!(!lan().in_subnet(Ipv4Addr::new(192, 168, 2, 1)));
         // On a /30 the network and broadcast addresses are not neighbours; on a /31 both
         // addresses are hosts (RFC 3021).
         assert_eq!(

@@ -1,9 +1,11 @@
 //! The engine's core: pure functions and tables over byte slices and caller-given time.
 //! No I/O, no clock, no allocation per packet; `alloc` only when tables are built.
+//! [`engine::Engine`] puts the pieces together: one frame in, one action out.
 
 pub mod arp;
 pub mod checksum;
 pub mod conntrack;
+pub mod engine;
 pub mod filter;
 pub mod forward;
 pub mod nat;
@@ -75,5 +77,13 @@ mod tests {
                     dnat_no_backend, non_ip";
         let ours: alloc::vec::Vec<&str> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(ours.join(", "), spec);
+    }
+
+    #[test]
+    fn a_reason_as_usize_is_its_place_in_all() {
+        // The engine counts drops in an array indexed so.
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r}");
+        }
     }
 }

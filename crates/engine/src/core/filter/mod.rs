@@ -415,6 +415,14 @@ impl Filter {
         self.rules.len()
     }
 
+    /// The id and action of the rule at position `rule` in the policy, for reporting its
+    /// counters; `None` past the last rule.
+    pub fn rule(&self, rule: u32) -> Option<(&str, Action)> {
+        self.rules
+            .get(rule as usize)
+            .map(|r| (r.id.as_str(), r.action))
+    }
+
     /// Allows `addr` for the `destination_fqdn` rule at position `rule` while `now < expires`;
     /// a repeat sets the new expiry. Returns false, changing nothing, when that rule is not a
     /// `destination_fqdn` rule.
@@ -632,5 +640,15 @@ rules:
         let v = f.classify(&key(Direction::Output, v4(1, 2, 3, 4), 17, Some(53)), 0);
         assert_eq!((v.rule, v.action), (None, Action::Accept));
         assert_eq!(f.rule_id(&v), "default-accept".to_string());
+        assert_eq!(f.rule(0), None);
+    }
+
+    #[test]
+    fn rules_are_reported_by_position() {
+        let f = Filter::compile(&policy(POLICY));
+        assert_eq!(f.rule(0), Some(("web", Action::Accept)));
+        assert_eq!(f.rule(1), Some(("deny-tcp", Action::Deny)));
+        assert_eq!(f.rule(3), Some(("ports-only", Action::Accept)));
+        assert_eq!(f.rule(4), None);
     }
 }

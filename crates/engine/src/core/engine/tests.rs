@@ -1,0 +1,930 @@
+//! Frames driven through [`Engine::handle`], one test per path of the module doc: what comes
+//! out (the action, the rewritten frame with verified checksums, the ARP frame) and what was
+//! counted.
+
+use super::*;
+use crate::core::arp::{REACHABLE_MS, RETRY_MS};
+use crate::core::packet::{Ip, Payload, L4};
+use alloc::vec::Vec;
+use smoltcp::wire::{
+    ArpOperation, EthernetAddress, Icmpv4Packet, Ipv4Packet, TcpPacket, UdpPacket,
+};
+
+const LAN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
+const WAN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x02]);
+const HOST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x10]);
+const GW_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x99]);
+const WAN_HOST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x20]);
+const OTHER_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x77]);
+
+const LAN_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
+const WAN_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+const HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
+const WAN_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const SEC: u64 = 1000;
+
+/// Egress web, ping and DNS; telnet denied; one port-forward to the LAN host, judged on its
+/// inside address (the rule on the WAN address before it must not match it); masquerade.
+const POLICY: &str = "
+defaults: {default_action: deny, input_action: deny}
+interfaces: {lan: [lan0], wan: [wan0]}
+rules:
+  - {id: web, action: accept, direction: egress, protocol: tcp, destination_port: [80, 443]}
+  - {id: no-telnet, action: deny, direction: egress, protocol: tcp, destination_port: 23}
+  - {id: ping-out, action: accept, direction: egress, protocol: icmp}
+  - {id: by-name, action: accept, direction: egress, destination_fqdn: [example.com], protocol: udp, destination_port: 5000}
+  - {id: tunnel, action: accept, direction: egress, destination: 203.0.113.99}
+  - {id: wan-addr, action: deny, direction: ingress, destination: 198.51.100.1, protocol: tcp, destination_port: 8080}
+  - {id: forwarded-web, action: accept, direction: ingress, destination: 192.168.1.10, protocol: tcp, destination_port: 80}
+  - {id: ssh-to-fw, action: deny, direction: input, protocol: tcp, destination_port: 22}
+nat:
+  snat:
+    - {out_interface: wan0, source: 192.168.1.0/24, masquerade: true}
+  dnat:
+    - {wan_ip: 198.51.100.1, wan_port: 8080, to: '192.168.1.10:80', proto: tcp}
+";
+
+fn rules(yaml: &str) -> Rules {
+    match policy::parse_str(yaml, "test.yaml") {
+        Ok(c) => Rules::compile(&c.policy, [5, 6]),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn config(conntrack_capacity: usize, gateway: Option<Ipv4Addr>) -> Config {
+    Config {
+        lan: Interface {
+            name: "lan0".into(),
+            own: Own {
+                mac: LAN_MAC,
+                ip: LAN_IP,
+                prefix_len: 24,
+            },
+        },
+        wan: Interface {
+            name: "wan0".into(),
+            own: Own {
+                mac: WAN_MAC,
+                ip: WAN_IP,
+                prefix_len: 24,
+            },
+        },
+        gateway,
+        conntrack_capacity,
+        neighbour_capacity: 64,
+        conntrack_key: [1, 2],
+        neighbour_key: [3, 4],
+    }
+}
+
+fn engine_with(yaml: &str, conntrack_capacity: usize) -> Engine {
+    match Engine::new(rules(yaml), config(conntrack_capacity, Some(GATEWAY))) {
+        Ok(e) => e,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The engine with the LAN host, the gateway and the WAN host known as neighbours (each asked
+/// for the engine's address, which is how the table learns).
+fn engine() -> Engine {
+    let mut e = engine_with(POLICY, 64);
+    know_neighbours(&mut e, 0);
+    e
+}
+
+fn know_neighbours(e: &mut Engine, now: u64) {
+    for (side, mac, ip, ours) in [
+        (Side::Lan, HOST_MAC, HOST, LAN_IP),
+        (Side::Wan, GW_MAC, GATEWAY, WAN_IP),
+        (Side::Wan, WAN_HOST_MAC, WAN_HOST, WAN_IP),
+    ] {
+        let mut f = arp(
+            ArpOperation::Request,
+            EthernetAddress::BROADCAST,
+            mac,
+            ip,
+            ours,
+        );
+        let (action, _) = run(e, side, &mut f, now);
+        assert_eq!(action, Action::Reply(side));
+    }
+}
+
+fn run(e: &mut Engine, side: Side, frame: &mut [u8], now: u64) -> (Action, [u8; FRAME_LEN]) {
+    let mut out = [0u8; FRAME_LEN];
+    let action = e.handle(side, frame, now, &mut out);
+    (action, out)
+}
+
+fn eth(dst: EthernetAddress, src: EthernetAddress, ethertype: u16, body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst.0);
+    f.extend_from_slice(&src.0);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+fn arp(
+    op: ArpOperation,
+    dst: EthernetAddress,
+    sender_mac: EthernetAddress,
+    sender_ip: Ipv4Addr,
+    target_ip: Ipv4Addr,
+) -> Vec<u8> {
+    let mut a = alloc::vec![0, 1, 0x08, 0x00, 6, 4];
+    a.extend_from_slice(&u16::from(op).to_be_bytes());
+    a.extend_from_slice(&sender_mac.0);
+    a.extend_from_slice(&sender_ip.octets());
+    a.extend_from_slice(&[0; 6]);
+    a.extend_from_slice(&target_ip.octets());
+    eth(dst, sender_mac, 0x0806, &a)
+}
+
+/// An IPv4 packet around `l4` (whose checksum `fill` completes), in a frame to `dst_mac`.
+fn ipv4(
+    dst_mac: EthernetAddress,
+    src_mac: EthernetAddress,
+    (src, dst): (Ipv4Addr, Ipv4Addr),
+    proto: u8,
+    ttl: u8,
+    l4: &[u8],
+) -> Vec<u8> {
+    let total = 20 + l4.len();
+    let mut p = alloc::vec![0x45, 0];
+    p.extend_from_slice(&(total as u16).to_be_bytes());
+    p.extend_from_slice(&[0x12, 0x34, 0x40, 0, ttl, proto, 0, 0]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(l4);
+    Ipv4Packet::new_unchecked(&mut p[..]).fill_checksum();
+    let mut f = eth(dst_mac, src_mac, 0x0800, &p);
+    let (s, d) = (src.into(), dst.into());
+    let l4 = &mut f[34..];
+    match proto {
+        proto::TCP => TcpPacket::new_unchecked(l4).fill_checksum(&s, &d),
+        proto::UDP => UdpPacket::new_unchecked(l4).fill_checksum(&s, &d),
+        proto::ICMP => Icmpv4Packet::new_unchecked(l4).fill_checksum(),
+        _ => {}
+    }
+    f
+}
+
+fn tcp_header(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut t = Vec::new();
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xfa, 0xf0, 0, 0, 0, 0]);
+    t
+}
+
+/// A TCP segment from (`src`, `sport`) to (`dst`, `dport`) sent to the engine's MAC on
+/// `side` by that side's neighbour.
+fn tcp(side: Side, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Vec<u8> {
+    tcp_ttl(side, src, dst, flags, 64)
+}
+
+fn tcp_ttl(side: Side, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8, ttl: u8) -> Vec<u8> {
+    let (to, from) = macs(side);
+    let l4 = tcp_header(src.1, dst.1, flags);
+    ipv4(to, from, (src.0, dst.0), proto::TCP, ttl, &l4)
+}
+
+fn udp(side: Side, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
+    let (to, from) = macs(side);
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&src.1.to_be_bytes());
+    l4.extend_from_slice(&dst.1.to_be_bytes());
+    l4.extend_from_slice(&12u16.to_be_bytes());
+    l4.extend_from_slice(&[0, 0, b'p', b'i', b'n', b'g']);
+    ipv4(to, from, (src.0, dst.0), proto::UDP, 64, &l4)
+}
+
+fn echo(side: Side, src: Ipv4Addr, dst: Ipv4Addr, ty: u8, id: u16) -> Vec<u8> {
+    let (to, from) = macs(side);
+    let mut l4 = alloc::vec![ty, 0, 0, 0];
+    l4.extend_from_slice(&id.to_be_bytes());
+    l4.extend_from_slice(&[0, 1, 0xde, 0xad, 0xbe, 0xef]);
+    ipv4(to, from, (src, dst), proto::ICMP, 64, &l4)
+}
+
+/// (the engine's MAC on `side`, the neighbour that sends from there)
+fn macs(side: Side) -> (EthernetAddress, EthernetAddress) {
+    match side {
+        Side::Lan => (LAN_MAC, HOST_MAC),
+        Side::Wan => (WAN_MAC, GW_MAC),
+    }
+}
+
+/// The frame as it left: its MACs, IP header and L4 checksums verified.
+fn left(frame: &[u8]) -> (EthernetAddress, EthernetAddress, Ip) {
+    let parsed = match parse(frame) {
+        Ok(p) => p,
+        Err(r) => panic!("the forwarded frame no longer parses: {r}"),
+    };
+    let Payload::Ip(ip) = parsed.payload else {
+        panic!("not IP")
+    };
+    let (IpAddr::V4(src), IpAddr::V4(dst)) = (ip.src, ip.dst) else {
+        panic!("not IPv4")
+    };
+    let l4 = &frame[ip.offsets.l4..ip.offsets.end];
+    let (s, d) = (src.into(), dst.into());
+    let ok = match ip.proto {
+        proto::TCP => TcpPacket::new_unchecked(l4).verify_checksum(&s, &d),
+        proto::UDP => UdpPacket::new_unchecked(l4).verify_checksum(&s, &d),
+        proto::ICMP => Icmpv4Packet::new_unchecked(l4).verify_checksum(),
+        _ => true,
+    };
+    assert!(ok, "L4 checksum of {ip:?}");
+    (parsed.dst_mac, parsed.src_mac, ip)
+}
+
+fn ports(ip: &Ip) -> (u16, u16) {
+    match ip.l4 {
+        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport } => (sport, dport),
+        other => panic!("no ports: {other:?}"),
+    }
+}
+
+fn count(e: &Engine, id: &str) -> u64 {
+    match e.rule_count(id) {
+        Some(c) => c.packets,
+        None => panic!("no rule {id}"),
+    }
+}
+
+#[test]
+fn refused_frames_are_dropped_with_their_reason_before_any_lookup() {
+    let mut e = engine();
+    let good = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    let mut fragment = good.clone();
+    fragment[20] = 0x20; // MF
+    Ipv4Packet::new_unchecked(&mut fragment[14..]).fill_checksum();
+    let mut damaged = good.clone();
+    damaged[24] ^= 0xff; // the IPv4 header checksum
+    let mut v6 = eth(LAN_MAC, HOST_MAC, 0x86dd, &[0x60, 0, 0, 0, 0, 0, 59, 64]);
+    v6.extend_from_slice(&[0; 32]);
+    let lldp = eth(LAN_MAC, HOST_MAC, 0x88cc, &[0; 46]);
+    for (what, mut frame, reason) in [
+        ("runt", good[..20].to_vec(), DropReason::MalformedPacket),
+        ("damaged header", damaged, DropReason::MalformedPacket),
+        ("fragment", fragment, DropReason::FragmentedIpv4),
+        ("ipv6", v6, DropReason::Ipv6Unsupported),
+        ("lldp", lldp, DropReason::NonIp),
+    ] {
+        let before = frame.clone();
+        let (action, _) = run(&mut e, Side::Lan, &mut frame, SEC);
+        assert_eq!(action, Action::Drop(reason), "{what}");
+        assert_eq!(frame, before, "{what}: left as it came");
+        assert_eq!(
+            e.drops(reason),
+            if what == "damaged header" { 2 } else { 1 }
+        );
+    }
+    assert_eq!(e.conntrack_usage().0, 0);
+    assert!(e.rule_counts().all(|r| r.count == Count::default()));
+}
+
+#[test]
+fn arp_for_our_addresses_is_answered_on_its_side_and_nothing_else_is() {
+    let mut e = engine_with(POLICY, 64);
+    let mut ask = arp(
+        ArpOperation::Request,
+        EthernetAddress::BROADCAST,
+        HOST_MAC,
+        HOST,
+        LAN_IP,
+    );
+    let (action, out) = run(&mut e, Side::Lan, &mut ask, 0);
+    assert_eq!(action, Action::Reply(Side::Lan));
+    let reply = parse(&out).expect("the reply parses");
+    assert_eq!((reply.dst_mac, reply.src_mac), (HOST_MAC, LAN_MAC));
+    let Payload::Arp(a) = reply.payload else {
+        panic!("not ARP")
+    };
+    assert_eq!(
+        (a.op, a.sender_ip, a.target_ip),
+        (ArpOperation::Reply, LAN_IP, HOST)
+    );
+
+    // The WAN address is not answered on the LAN, nor another host's anywhere.
+    for (side, target) in [(Side::Lan, WAN_IP), (Side::Wan, HOST)] {
+        let mut f = arp(
+            ArpOperation::Request,
+            EthernetAddress::BROADCAST,
+            OTHER_MAC,
+            Ipv4Addr::new(192, 168, 1, 30),
+            target,
+        );
+        assert_eq!(
+            run(&mut e, side, &mut f, 0).0,
+            Action::Discard(Discard::Arp)
+        );
+    }
+    assert_eq!(e.totals().arp_replies, 1);
+    assert_eq!(e.discards(Discard::Arp), 2);
+}
+
+#[test]
+fn an_allowed_connection_is_masqueraded_and_its_replies_come_back() {
+    let mut e = engine();
+    let mut syn = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    let (action, _) = run(&mut e, Side::Lan, &mut syn, SEC);
+    assert_eq!(
+        action,
+        Action::Forward {
+            out: Side::Wan,
+            ask: false
+        }
+    );
+    let (dst_mac, src_mac, ip) = left(&syn);
+    assert_eq!(
+        (dst_mac, src_mac),
+        (GW_MAC, WAN_MAC),
+        "to the gateway, from us"
+    );
+    assert_eq!(
+        (ip.src, ip.dst, ip.ttl),
+        (IpAddr::V4(WAN_IP), IpAddr::V4(REMOTE), 63)
+    );
+    let (ext, dport) = ports(&ip);
+    assert!((16_384..=60_999).contains(&ext), "{ext}");
+    assert_eq!(dport, 443);
+    assert_eq!(
+        e.rule_count("web"),
+        Some(Count {
+            packets: 1,
+            bytes: 40
+        })
+    );
+
+    let mut syn_ack = tcp(Side::Wan, (REMOTE, 443), (WAN_IP, ext), SYN | ACK);
+    let (action, _) = run(&mut e, Side::Wan, &mut syn_ack, 2 * SEC);
+    assert_eq!(
+        action,
+        Action::Forward {
+            out: Side::Lan,
+            ask: false
+        }
+    );
+    let (dst_mac, src_mac, ip) = left(&syn_ack);
+    assert_eq!((dst_mac, src_mac), (HOST_MAC, LAN_MAC));
+    assert_eq!((ip.src, ip.dst), (IpAddr::V4(REMOTE), IpAddr::V4(HOST)));
+    assert_eq!(ports(&ip), (443, 40000));
+
+    // The rest of the flow keeps its port and is not judged (or counted) again.
+    let mut ack = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), ACK);
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut ack, 3 * SEC).0,
+        Action::Forward {
+            out: Side::Wan,
+            ask: false
+        }
+    );
+    assert_eq!(ports(&left(&ack).2), (ext, 443));
+    assert_eq!(count(&e, "web"), 1);
+    let t = e.totals();
+    assert_eq!((t.forwarded, t.snat, t.dnat), (3, 1, 0));
+    assert_eq!(e.conntrack_usage(), (1, 64));
+
+    // A reply to a port no flow holds is not part of any: new input to the engine itself.
+    let mut stray = tcp(Side::Wan, (REMOTE, 443), (WAN_IP, ext ^ 1), ACK);
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut stray, 3 * SEC).0,
+        Action::Drop(DropReason::NoMatchingAllowRule)
+    );
+}
+
+#[test]
+fn an_unresolved_next_hop_is_asked_for_and_the_retransmission_passes() {
+    let mut e = engine_with(POLICY, 64);
+    let mut learn_host = arp(
+        ArpOperation::Request,
+        EthernetAddress::BROADCAST,
+        HOST_MAC,
+        HOST,
+        LAN_IP,
+    );
+    let _ = run(&mut e, Side::Lan, &mut learn_host, 0);
+    let syn = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+
+    let (action, out) = run(&mut e, Side::Lan, &mut syn.clone(), SEC);
+    assert_eq!(action, Action::Reply(Side::Wan));
+    let request = parse(&out).expect("the request parses");
+    assert_eq!(
+        (request.dst_mac, request.src_mac),
+        (EthernetAddress::BROADCAST, WAN_MAC)
+    );
+    let Payload::Arp(a) = request.payload else {
+        panic!("not ARP")
+    };
+    assert_eq!(
+        (a.op, a.sender_ip, a.target_ip),
+        (ArpOperation::Request, WAN_IP, GATEWAY)
+    );
+    assert_eq!(e.discards(Discard::Unresolved), 1);
+    // Asked a moment ago: dropped without asking again.
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut syn.clone(), SEC + 1).0,
+        Action::Discard(Discard::Unresolved)
+    );
+
+    let mut answer = arp(ArpOperation::Reply, WAN_MAC, GW_MAC, GATEWAY, WAN_IP);
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut answer, SEC + 2).0,
+        Action::Discard(Discard::Arp)
+    );
+    let mut again = syn.clone();
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut again, SEC + 3).0,
+        Action::Forward {
+            out: Side::Wan,
+            ask: false
+        }
+    );
+    assert_eq!(left(&again).0, GW_MAC);
+    // The flow opened with the first SYN: the filter judged it once.
+    assert_eq!(count(&e, "web"), 1);
+    assert_eq!(e.totals().arp_requests, 1);
+}
+
+#[test]
+fn a_stale_neighbour_is_used_while_it_is_confirmed_again() {
+    let mut e = engine();
+    let mut syn = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    let (action, out) = run(&mut e, Side::Lan, &mut syn, REACHABLE_MS);
+    assert_eq!(
+        action,
+        Action::Forward {
+            out: Side::Wan,
+            ask: true
+        }
+    );
+    assert_eq!(left(&syn).0, GW_MAC);
+    let request = parse(&out).expect("the request parses");
+    assert_eq!(
+        (request.dst_mac, request.src_mac),
+        (GW_MAC, WAN_MAC),
+        "unicast"
+    );
+    let mut next = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut next, REACHABLE_MS + RETRY_MS - 1).0,
+        Action::Forward {
+            out: Side::Wan,
+            ask: false
+        }
+    );
+}
+
+#[test]
+fn a_denied_port_and_unsolicited_ingress_are_dropped_and_counted() {
+    let mut e = engine();
+    let mut telnet = tcp(Side::Lan, (HOST, 40001), (REMOTE, 23), SYN);
+    let before = telnet.clone();
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut telnet, SEC).0,
+        Action::Drop(DropReason::ExplicitDeny)
+    );
+    assert_eq!(telnet, before);
+    assert_eq!(
+        e.rule_count("no-telnet"),
+        Some(Count {
+            packets: 1,
+            bytes: 40
+        })
+    );
+
+    let mut unsolicited = tcp(Side::Wan, (REMOTE, 5555), (HOST, 22), SYN);
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut unsolicited, SEC).0,
+        Action::Drop(DropReason::NoMatchingAllowRule)
+    );
+    assert_eq!(count(&e, "default-deny"), 1);
+    // A SYN-ACK nothing asked for cannot start a flow: invalid, before any rule.
+    let mut syn_ack = tcp(Side::Wan, (REMOTE, 443), (HOST, 40000), SYN | ACK);
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut syn_ack, SEC).0,
+        Action::Drop(DropReason::MalformedPacket)
+    );
+    assert_eq!(count(&e, "default-deny"), 1);
+    assert_eq!(
+        (
+            e.drops(DropReason::ExplicitDeny),
+            e.drops(DropReason::NoMatchingAllowRule),
+            e.drops(DropReason::MalformedPacket)
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(e.conntrack_usage().0, 0);
+}
+
+#[test]
+fn a_port_forward_reaches_the_lan_host_judged_on_its_inside_address() {
+    let mut e = engine();
+    let wan_host = |frame: &mut Vec<u8>| frame[6..12].copy_from_slice(&WAN_HOST_MAC.0);
+    let mut syn = tcp(Side::Wan, (WAN_HOST, 5555), (WAN_IP, 8080), SYN);
+    wan_host(&mut syn);
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut syn, SEC).0,
+        Action::Forward {
+            out: Side::Lan,
+            ask: false
+        }
+    );
+    let (dst_mac, _, ip) = left(&syn);
+    assert_eq!(dst_mac, HOST_MAC);
+    assert_eq!((ip.src, ip.dst), (IpAddr::V4(WAN_HOST), IpAddr::V4(HOST)));
+    assert_eq!(ports(&ip), (5555, 80));
+    assert_eq!((count(&e, "forwarded-web"), count(&e, "wan-addr")), (1, 0));
+
+    let mut reply = tcp(Side::Lan, (HOST, 80), (WAN_HOST, 5555), SYN | ACK);
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut reply, 2 * SEC).0,
+        Action::Forward {
+            out: Side::Wan,
+            ask: false
+        }
+    );
+    let (dst_mac, _, ip) = left(&reply);
+    assert_eq!(dst_mac, WAN_HOST_MAC, "on-link: straight to the WAN host");
+    assert_eq!((ip.src, ip.dst), (IpAddr::V4(WAN_IP), IpAddr::V4(WAN_HOST)));
+    assert_eq!(ports(&ip), (8080, 5555));
+    let t = e.totals();
+    assert_eq!((t.snat, t.dnat), (0, 1));
+}
+
+#[test]
+fn ping_through_translates_the_echo_id() {
+    let mut e = engine();
+    let mut request = echo(Side::Lan, HOST, REMOTE, 8, 0x1234);
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut request, SEC).0,
+        Action::Forward {
+            out: Side::Wan,
+            ask: false
+        }
+    );
+    let (_, _, ip) = left(&request);
+    assert_eq!(ip.src, IpAddr::V4(WAN_IP));
+    let L4::Icmp {
+        echo_id: Some(id), ..
+    } = ip.l4
+    else {
+        panic!("not an echo: {ip:?}")
+    };
+    assert!((16_384..=60_999).contains(&id), "{id}");
+
+    let mut reply = echo(Side::Wan, REMOTE, WAN_IP, 0, id);
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut reply, 2 * SEC).0,
+        Action::Forward {
+            out: Side::Lan,
+            ask: false
+        }
+    );
+    let (dst_mac, _, ip) = left(&reply);
+    assert_eq!((dst_mac, ip.dst), (HOST_MAC, IpAddr::V4(HOST)));
+    assert!(matches!(
+        ip.l4,
+        L4::Icmp {
+            ty: 0,
+            echo_id: Some(0x1234),
+            ..
+        }
+    ));
+    assert_eq!(count(&e, "ping-out"), 1);
+}
+
+#[test]
+fn traffic_to_the_engine_itself_is_input_and_nothing_answers_it() {
+    let mut e = engine();
+    let mut ssh = tcp(Side::Lan, (HOST, 40000), (LAN_IP, 22), SYN);
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut ssh, SEC).0,
+        Action::Drop(DropReason::ExplicitDeny)
+    );
+    assert_eq!(count(&e, "ssh-to-fw"), 1);
+    let mut http = tcp(Side::Lan, (HOST, 40000), (LAN_IP, 80), SYN);
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut http, SEC).0,
+        Action::Drop(DropReason::NoMatchingAllowRule)
+    );
+    // The WAN address from the LAN side is the engine's too.
+    let mut across = tcp(Side::Lan, (HOST, 40000), (WAN_IP, 80), SYN);
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut across, SEC).0,
+        Action::Drop(DropReason::NoMatchingAllowRule)
+    );
+    assert_eq!(count(&e, "default-deny"), 2);
+    // ICMP essentials accept a ping under input deny, and no rule counts it; nothing replies.
+    let mut ping = echo(Side::Lan, HOST, LAN_IP, 8, 7);
+    let before = ping.clone();
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut ping, SEC).0,
+        Action::Discard(Discard::Local)
+    );
+    assert_eq!(ping, before);
+    assert_eq!(count(&e, "default-deny"), 2);
+    assert_eq!(e.conntrack_usage().0, 0, "input opens no flow");
+
+    let mut open = engine_with(
+        "defaults: {input_action: accept, icmp_essentials: false}\nrules: []\n",
+        64,
+    );
+    let mut http = tcp(Side::Lan, (HOST, 40000), (LAN_IP, 80), SYN);
+    assert_eq!(
+        run(&mut open, Side::Lan, &mut http, SEC).0,
+        Action::Discard(Discard::Local)
+    );
+    let mut ping = echo(Side::Wan, REMOTE, WAN_IP, 8, 7);
+    assert_eq!(
+        run(&mut open, Side::Wan, &mut ping, SEC).0,
+        Action::Discard(Discard::Local)
+    );
+    assert_eq!(count(&open, "default-accept"), 2);
+}
+
+#[test]
+fn a_full_table_refuses_new_flows_and_keeps_the_old() {
+    let mut e = engine_with(POLICY, 1);
+    know_neighbours(&mut e, 0);
+    let mut first = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut first, SEC).0,
+        Action::Forward { .. }
+    ));
+    let mut second = tcp(Side::Lan, (HOST, 40001), (REMOTE, 443), SYN);
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut second, SEC).0,
+        Action::Drop(DropReason::ConntrackFull)
+    );
+    let mut again = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut again, 2 * SEC).0,
+        Action::Forward { .. }
+    ));
+    assert_eq!(e.drops(DropReason::ConntrackFull), 1);
+    // Once the first flow expires and is swept, there is room again.
+    assert_eq!(e.sweep(2 * SEC + 30 * SEC, 16), 1);
+    let mut second = tcp(Side::Lan, (HOST, 40001), (REMOTE, 443), SYN);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut second, 33 * SEC).0,
+        Action::Forward { .. }
+    ));
+}
+
+#[test]
+fn an_exhausted_port_pool_refuses_new_flows() {
+    let one_port = "
+rules:
+  - {id: web, action: accept, direction: egress, protocol: tcp, destination_port: 443}
+nat:
+  snat:
+    - {out_interface: wan0, source: 192.168.1.0/24, external_ip: 198.51.100.1,
+       port_range: {min: 20000, max: 20000}}
+";
+    let mut e = engine_with(one_port, 64);
+    know_neighbours(&mut e, 0);
+    let mut first = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut first, SEC).0,
+        Action::Forward { .. }
+    ));
+    assert_eq!(ports(&left(&first).2), (20000, 443));
+    let mut second = tcp(Side::Lan, (HOST, 40001), (REMOTE, 443), SYN);
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut second, SEC).0,
+        Action::Drop(DropReason::NatPortPoolExhausted)
+    );
+    // Another remote endpoint has its own use of the port.
+    let mut elsewhere = tcp(
+        Side::Lan,
+        (HOST, 40001),
+        (Ipv4Addr::new(203, 0, 113, 6), 443),
+        SYN,
+    );
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut elsewhere, SEC).0,
+        Action::Forward { .. }
+    ));
+    assert_eq!(e.drops(DropReason::NatPortPoolExhausted), 1);
+    assert_eq!(e.conntrack_usage().0, 2);
+}
+
+#[test]
+fn an_expiring_ttl_is_not_forwarded() {
+    let mut e = engine();
+    let mut syn = tcp_ttl(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN, 1);
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut syn, SEC).0,
+        Action::Discard(Discard::TtlExceeded)
+    );
+    let mut two = tcp_ttl(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN, 2);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut two, SEC).0,
+        Action::Forward { .. }
+    ));
+    assert_eq!(left(&two).2.ttl, 1);
+}
+
+#[test]
+fn frames_for_others_and_martians_go_no_further() {
+    let mut e = engine();
+    let mut other = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    other[..6].copy_from_slice(&OTHER_MAC.0);
+    let mut broadcast = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    broadcast[..6].copy_from_slice(&EthernetAddress::BROADCAST.0);
+    for mut f in [other, broadcast] {
+        assert_eq!(
+            run(&mut e, Side::Lan, &mut f, SEC).0,
+            Action::Discard(Discard::NotForUs)
+        );
+    }
+    for (side, src) in [
+        (Side::Wan, HOST),
+        (Side::Lan, WAN_HOST),
+        (Side::Lan, LAN_IP),
+        (Side::Wan, WAN_IP),
+    ] {
+        let dst = if side == Side::Lan { REMOTE } else { HOST };
+        let mut f = tcp(side, (src, 40000), (dst, 80), SYN);
+        assert_eq!(
+            run(&mut e, side, &mut f, SEC).0,
+            Action::Discard(Discard::Martian),
+            "{src} on {side:?}"
+        );
+    }
+    assert!(e.rule_counts().all(|r| r.count.packets == 0));
+}
+
+#[test]
+fn destinations_without_a_route_are_not_forwarded() {
+    let mut e = engine();
+    let cases = [
+        // The LAN's broadcast, another LAN host (back out of the LAN), and off-link
+        // destinations from the WAN (back out of the WAN, via the gateway).
+        (Side::Lan, Ipv4Addr::new(192, 168, 1, 255)),
+        (Side::Lan, Ipv4Addr::new(192, 168, 1, 20)),
+        (Side::Wan, REMOTE),
+        (Side::Wan, WAN_HOST),
+    ];
+    for (side, dst) in cases {
+        let src = if side == Side::Lan { HOST } else { REMOTE };
+        let mut f = tcp(side, (src, 40000), (dst, 443), SYN);
+        assert_eq!(
+            run(&mut e, side, &mut f, SEC).0,
+            Action::Discard(Discard::NoRoute),
+            "{dst} from {side:?}"
+        );
+    }
+    // Without a gateway, only the links are reachable.
+    let mut isolated = match Engine::new(rules(POLICY), config(64, None)) {
+        Ok(e) => e,
+        Err(e) => panic!("{e}"),
+    };
+    know_neighbours(&mut isolated, 0);
+    let mut f = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    assert_eq!(
+        run(&mut isolated, Side::Lan, &mut f, SEC).0,
+        Action::Discard(Discard::NoRoute)
+    );
+    let mut f = tcp(Side::Lan, (HOST, 40000), (WAN_HOST, 443), SYN);
+    assert!(matches!(
+        run(&mut isolated, Side::Lan, &mut f, SEC).0,
+        Action::Forward { out: Side::Wan, .. }
+    ));
+    assert_eq!(left(&f).0, WAN_HOST_MAC);
+}
+
+#[test]
+fn untracked_protocols_are_judged_per_packet_and_not_translated() {
+    let mut e = engine();
+    let tunnel = Ipv4Addr::new(203, 0, 113, 99);
+    let (to, from) = macs(Side::Lan);
+    for n in 1..=2 {
+        let mut gre = ipv4(to, from, (HOST, tunnel), 47, 64, &[0; 8]);
+        assert!(matches!(
+            run(&mut e, Side::Lan, &mut gre, SEC).0,
+            Action::Forward { .. }
+        ));
+        assert_eq!(left(&gre).2.src, IpAddr::V4(HOST));
+        assert_eq!(count(&e, "tunnel"), n);
+    }
+    let mut gre = ipv4(to, from, (HOST, REMOTE), 47, 64, &[0; 8]);
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut gre, SEC).0,
+        Action::Drop(DropReason::NoMatchingAllowRule)
+    );
+    assert_eq!(e.conntrack_usage().0, 0);
+}
+
+#[test]
+fn learned_addresses_open_name_rules_until_they_expire() {
+    let mut e = engine();
+    let server = Ipv4Addr::new(203, 0, 113, 50);
+    let mut q = udp(Side::Lan, (HOST, 7000), (server, 5000));
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut q, SEC).0,
+        Action::Drop(DropReason::NoMatchingAllowRule)
+    );
+    assert!(
+        !e.learn(0, IpAddr::V4(server), 10 * SEC),
+        "web is no name rule"
+    );
+    assert!(e.learn(3, IpAddr::V4(server), 10 * SEC));
+    let mut q = udp(Side::Lan, (HOST, 7000), (server, 5000));
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut q, 2 * SEC).0,
+        Action::Forward { .. }
+    ));
+    assert_eq!(count(&e, "by-name"), 1);
+    // The flow outlives the name's TTL (SPEC §3); a new flow does not.
+    let mut q = udp(Side::Lan, (HOST, 7000), (server, 5000));
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut q, 11 * SEC).0,
+        Action::Forward { .. }
+    ));
+    let mut other = udp(Side::Lan, (HOST, 7001), (server, 5000));
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut other, 11 * SEC).0,
+        Action::Drop(DropReason::NoMatchingAllowRule)
+    );
+    e.forget(3, IpAddr::V4(server));
+}
+
+#[test]
+fn a_reload_keeps_accepted_flows_and_judges_new_ones_by_the_new_rules() {
+    let mut e = engine();
+    let mut syn = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut syn, SEC).0,
+        Action::Forward { .. }
+    ));
+    let ext = ports(&left(&syn).2).0;
+    e.reload(rules(
+        "interfaces: {lan: [lan0], wan: [wan0]}\nrules: []\nnat:\n  snat:\n    - {out_interface: wan0, source: 192.168.1.0/24, masquerade: true}\n",
+    ));
+    assert_eq!(e.rule_counts().count(), 2, "the defaults only");
+    let mut syn_ack = tcp(Side::Wan, (REMOTE, 443), (WAN_IP, ext), SYN | ACK);
+    assert!(matches!(
+        run(&mut e, Side::Wan, &mut syn_ack, 2 * SEC).0,
+        Action::Forward { out: Side::Lan, .. }
+    ));
+    let mut new = tcp(Side::Lan, (HOST, 40001), (REMOTE, 443), SYN);
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut new, 2 * SEC).0,
+        Action::Drop(DropReason::NoMatchingAllowRule)
+    );
+}
+
+#[test]
+fn rule_counts_list_every_rule_in_order_then_the_defaults() {
+    let e = engine();
+    let ids: Vec<(&str, filter::Action)> = e.rule_counts().map(|r| (r.id, r.action)).collect();
+    use filter::Action::{Accept, Deny};
+    assert_eq!(
+        ids,
+        [
+            ("web", Accept),
+            ("no-telnet", Deny),
+            ("ping-out", Accept),
+            ("by-name", Accept),
+            ("tunnel", Accept),
+            ("wan-addr", Deny),
+            ("forwarded-web", Accept),
+            ("ssh-to-fw", Deny),
+            ("default-accept", Accept),
+            ("default-deny", Deny),
+        ]
+    );
+    assert_eq!(e.rule_count("nope"), None);
+}
+
+#[test]
+fn configurations_that_cannot_route_are_refused() {
+    let bad_gateway = config(64, Some(Ipv4Addr::new(10, 0, 0, 1)));
+    assert_eq!(
+        Engine::new(rules(POLICY), bad_gateway).err(),
+        Some(ConfigError::GatewayOffLink(Ipv4Addr::new(10, 0, 0, 1)))
+    );
+    let mut overlap = config(64, None);
+    overlap.wan.own.ip = Ipv4Addr::new(192, 168, 0, 1);
+    overlap.wan.own.prefix_len = 16;
+    assert_eq!(
+        Engine::new(rules(POLICY), overlap).err(),
+        Some(ConfigError::OverlappingSubnets)
+    );
+    let mut same = config(64, None);
+    same.wan.name = "lan0".into();
+    assert_eq!(
+        Engine::new(rules(POLICY), same).err(),
+        Some(ConfigError::SameInterface)
+    );
+}

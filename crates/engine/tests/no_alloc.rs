@@ -1,0 +1,221 @@
+//! `Engine::handle` allocates nothing: a counting allocator watches a mix of frames (ARP, new
+//! flows with SNAT and DNAT, established traffic both ways, drops of every early kind, an
+//! unresolved next hop) go through an engine whose tables were built beforehand.
+//!
+//! Its own test binary, since the global allocator is per binary; counts are per thread, so
+//! the harness's other threads do not disturb them.
+
+#![cfg(feature = "std")]
+
+use engine::core::arp::{Own, Side, FRAME_LEN};
+use engine::core::engine::{Action, Config, Engine, Interface, Rules};
+use smoltcp::wire::{EthernetAddress, Icmpv4Packet, Ipv4Packet, TcpPacket};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::Ipv4Addr;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: every call is passed to `System` unchanged; the count is a side effect only.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        // SAFETY: the caller's contract for `alloc` is passed on as it is.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+const LAN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
+const WAN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x02]);
+const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+const LAN_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
+const WAN_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+
+const POLICY: &str = "
+interfaces: {lan: [lan0], wan: [wan0]}
+rules:
+  - {id: web, action: accept, direction: egress, protocol: tcp, destination_port: 443}
+  - {id: ping, action: accept, direction: egress, protocol: icmp}
+  - {id: no-telnet, action: deny, direction: egress, protocol: tcp, destination_port: 23}
+  - {id: fwd, action: accept, direction: ingress, destination: 192.168.1.10, protocol: tcp, destination_port: 80}
+nat:
+  snat:
+    - {out_interface: wan0, source: 192.168.1.0/24, masquerade: true}
+  dnat:
+    - {wan_ip: 198.51.100.1, wan_port: 8080, to: '192.168.1.10:80', proto: tcp}
+";
+
+fn arp_request(sender_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&sender_mac);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(&sender_mac);
+    f.extend_from_slice(&sender.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target.octets());
+    f
+}
+
+fn ipv4(
+    to: EthernetAddress,
+    from: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    l4: &[u8],
+) -> Vec<u8> {
+    let mut f = to.0.to_vec();
+    f.extend_from_slice(&from);
+    f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+    f.extend_from_slice(&(20 + l4.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(l4);
+    Ipv4Packet::new_unchecked(&mut f[14..34]).fill_checksum();
+    let (s, d) = (src.into(), dst.into());
+    match proto {
+        6 => TcpPacket::new_unchecked(&mut f[34..]).fill_checksum(&s, &d),
+        1 => Icmpv4Packet::new_unchecked(&mut f[34..]).fill_checksum(),
+        _ => {}
+    }
+    f
+}
+
+fn tcp(side: Side, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Vec<u8> {
+    let (to, from) = match side {
+        Side::Lan => (LAN_MAC, HOST_MAC),
+        Side::Wan => (WAN_MAC, GW_MAC),
+    };
+    let mut l4 = src.1.to_be_bytes().to_vec();
+    l4.extend_from_slice(&dst.1.to_be_bytes());
+    l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xfa, 0xf0, 0, 0, 0, 0]);
+    ipv4(to, from, src.0, dst.0, 6, &l4)
+}
+
+#[test]
+fn handling_frames_allocates_nothing() {
+    let policy = match policy::parse_str(POLICY, "test.yaml") {
+        Ok(c) => c.policy,
+        Err(e) => panic!("{e}"),
+    };
+    let own = |mac, ip| Own {
+        mac,
+        ip,
+        prefix_len: 24,
+    };
+    let config = Config {
+        lan: Interface {
+            name: "lan0".into(),
+            own: own(LAN_MAC, LAN_IP),
+        },
+        wan: Interface {
+            name: "wan0".into(),
+            own: own(WAN_MAC, WAN_IP),
+        },
+        gateway: Some(GATEWAY),
+        conntrack_capacity: 1024,
+        neighbour_capacity: 64,
+        conntrack_key: [1, 2],
+        neighbour_key: [3, 4],
+    };
+    let mut e = match Engine::new(Rules::compile(&policy, [5, 6]), config) {
+        Ok(e) => e,
+        Err(err) => panic!("{err}"),
+    };
+    let host = Ipv4Addr::new(192, 168, 1, 10);
+    let remote = Ipv4Addr::new(203, 0, 113, 5);
+    let unknown = Ipv4Addr::new(192, 168, 1, 99);
+
+    // Every frame is built before counting starts; each is handled from a fresh copy.
+    let mut frames: Vec<(Side, Vec<u8>)> = vec![
+        (Side::Lan, arp_request(HOST_MAC, host, LAN_IP)),
+        (Side::Wan, arp_request(GW_MAC, GATEWAY, WAN_IP)),
+    ];
+    for port in 40_000..40_200u16 {
+        frames.push((Side::Lan, tcp(Side::Lan, (host, port), (remote, 443), 0x02)));
+    }
+    frames.push((Side::Lan, tcp(Side::Lan, (host, 1), (remote, 23), 0x02)));
+    frames.push((Side::Wan, tcp(Side::Wan, (remote, 5), (host, 22), 0x02)));
+    frames.push((Side::Wan, tcp(Side::Wan, (remote, 5), (WAN_IP, 8080), 0x02)));
+    frames.push((Side::Wan, tcp(Side::Wan, (remote, 5), (unknown, 80), 0x02)));
+    let mut echo = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    echo.extend_from_slice(b"payload!");
+    frames.push((Side::Lan, ipv4(LAN_MAC, HOST_MAC, host, remote, 1, &echo)));
+    frames.push((Side::Lan, vec![0u8; 20]));
+    let mut copies: Vec<Vec<u8>> = frames.iter().map(|(_, f)| f.clone()).collect();
+    let mut out = [0u8; FRAME_LEN];
+    let mut actions: Vec<Action> = Vec::with_capacity(4 * frames.len());
+    let mut replies: Vec<(Side, Vec<u8>)> = Vec::with_capacity(frames.len());
+
+    let before = allocations();
+    for (now, ((side, frame), copy)) in frames.iter().zip(copies.iter_mut()).enumerate() {
+        copy.copy_from_slice(frame);
+        actions.push(e.handle(*side, copy, now as u64, &mut out));
+    }
+    let during = allocations() - before;
+
+    // Then the replies to every forwarded new flow: established traffic back through NAT.
+    for ((side, _), copy) in frames.iter().zip(&copies) {
+        if *side == Side::Lan && copy.len() > 34 && copy[23] == 6 && copy[12..14] == [8, 0] {
+            let sport = u16::from_be_bytes([copy[34], copy[35]]);
+            let dport = u16::from_be_bytes([copy[36], copy[37]]);
+            let src = Ipv4Addr::new(copy[26], copy[27], copy[28], copy[29]);
+            let dst = Ipv4Addr::new(copy[30], copy[31], copy[32], copy[33]);
+            if src == WAN_IP {
+                replies.push((Side::Wan, tcp(Side::Wan, (dst, dport), (src, sport), 0x12)));
+            }
+        }
+    }
+    let mut reply_copies: Vec<Vec<u8>> = replies.iter().map(|(_, f)| f.clone()).collect();
+    let before = allocations();
+    for ((side, frame), copy) in replies.iter().zip(reply_copies.iter_mut()) {
+        copy.copy_from_slice(frame);
+        actions.push(e.handle(*side, copy, 1000, &mut out));
+    }
+    let replying = allocations() - before;
+
+    // The mix did take every path meant: forwards both ways, drops, an ARP request.
+    let forwarded = |out: Side| {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Forward { out: o, .. } if *o == out))
+            .count()
+    };
+    assert_eq!(replies.len(), 200, "every web flow masqueraded");
+    // Out: the web flows and the ping; in: the port-forward and the replies.
+    assert_eq!(
+        (forwarded(Side::Wan), forwarded(Side::Lan)),
+        (201, 201),
+        "{actions:?}"
+    );
+    assert!(actions.iter().any(|a| matches!(a, Action::Drop(_))));
+    assert!(actions.contains(&Action::Reply(Side::Lan)));
+    assert_eq!(
+        (during, replying),
+        (0, 0),
+        "allocations while handling frames"
+    );
+}
