@@ -69,6 +69,18 @@ pub fn run(a: &EngineArgs) -> Result {
     let loaded = commands::load(&a.file)?;
     let policy = &loaded.checked.policy;
     forwarding_is_off()?;
+    let by_name: Vec<&str> = policy
+        .rules
+        .iter()
+        .filter(|r| !r.destination_fqdn.is_empty())
+        .map(|r| r.id.as_str())
+        .collect();
+    if !by_name.is_empty() {
+        eprintln!(
+            "warning: ward engine runs no DNS proxy yet, so these destination_fqdn rules match nothing: {}",
+            by_name.join(", ")
+        );
+    }
     for snat in &policy.nat.snat {
         if snat.out_interface != a.wan && snat.out_interface != a.lan {
             eprintln!(
