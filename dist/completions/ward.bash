@@ -28,6 +28,9 @@ _ward() {
             ward,confirm)
                 cmd="ward__subcmd__confirm"
                 ;;
+            ward,engine)
+                cmd="ward__subcmd__engine"
+                ;;
             ward,explain)
                 cmd="ward__subcmd__explain"
                 ;;
@@ -87,6 +90,9 @@ _ward() {
                 ;;
             ward__subcmd__help,confirm)
                 cmd="ward__subcmd__help__subcmd__confirm"
+                ;;
+            ward__subcmd__help,engine)
+                cmd="ward__subcmd__help__subcmd__engine"
                 ;;
             ward__subcmd__help,explain)
                 cmd="ward__subcmd__help__subcmd__explain"
@@ -164,7 +170,7 @@ _ward() {
 
     case "${cmd}" in
         ward)
-            opts="-h -V --table --state-dir --help --version check compile plan apply confirm rollback revert-timer run remove status explain generate lab help"
+            opts="-h -V --table --state-dir --help --version check compile plan apply confirm rollback revert-timer run engine remove status explain generate lab help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -271,6 +277,56 @@ _ward() {
             fi
             case "${prev}" in
                 --netns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --table)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ward__subcmd__engine)
+            opts="-h --lan --wan --lan-addr --wan-addr --gateway --netns --conntrack-capacity --table --state-dir --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --lan)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wan)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lan-addr)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wan-addr)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --gateway)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --netns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --conntrack-capacity)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -466,7 +522,7 @@ _ward() {
             return 0
             ;;
         ward__subcmd__help)
-            opts="check compile plan apply confirm rollback revert-timer run remove status explain generate lab help"
+            opts="check compile plan apply confirm rollback revert-timer run engine remove status explain generate lab help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -522,6 +578,20 @@ _ward() {
             return 0
             ;;
         ward__subcmd__help__subcmd__confirm)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ward__subcmd__help__subcmd__engine)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

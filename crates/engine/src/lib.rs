@@ -8,12 +8,12 @@
 //! ([`core::forward`]), incremental checksum updates ([`core::checksum`]), and source /
 //! destination NAT with in-place header rewriting ([`core::nat`]), and [`core::engine`], which
 //! takes a frame through all of them in SPEC §8's order and counts what became of it. Not yet
-//! here: IPv6 forwarding (no neighbour discovery), ICMP errors (time exceeded, and NAT of
-//! their quoted headers) and the AF_PACKET loop that drives it all.
+//! here: IPv6 forwarding (no neighbour discovery) and ICMP errors (time exceeded, and NAT of
+//! their quoted headers).
 //!
 //! The `std` feature (on by default) adds only what needs the standard library: compiling a
-//! `policy::Policy` into a [`core::filter::Filter`] and a [`core::nat::NatPlan`], and reading
-//! its conntrack timeouts.
+//! `policy::Policy` into a [`core::filter::Filter`] and a [`core::nat::NatPlan`], reading its
+//! conntrack timeouts, and (on Linux) `io`, the AF_PACKET loop that drives the engine.
 
 #![no_std]
 
@@ -22,3 +22,5 @@ extern crate alloc;
 extern crate std;
 
 pub mod core;
+#[cfg(all(feature = "std", target_os = "linux"))]
+pub mod io;

@@ -29,7 +29,7 @@ pub use dns_client::{answer_addrs, dns_exchange, dns_query, edns, Transport};
 pub use dns_server::{DnsServer, Zone, DNS_PORT};
 pub use error::LabError;
 pub use netns::{Netns, NETNS_DIR};
-pub use topology::{addr, ifname, reap_stale, teardown, Lab, LabSpec};
+pub use topology::{addr, ifname, reap_stale, teardown, Firewall, Lab, LabSpec};
 pub use traffic::{
     Probe, ProbeStats, Server, LOOP_PAUSE, LOOP_TIMEOUT, MAX_RECORDED_FAILURES, UDP_PROBE_PAYLOAD,
 };

@@ -153,10 +153,25 @@ impl Default for LabSpec {
     }
 }
 
+/// Who forwards in the firewall namespace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Firewall {
+    /// The kernel: `lan0` and `wan0` hold the firewall's addresses and IP forwarding is on,
+    /// as ward's kernel data plane needs.
+    #[default]
+    Kernel,
+    /// A userspace data plane (`ward engine`) that owns the firewall's addresses: `lan0` and
+    /// `wan0` are up with no address at all (IPv6 is off on them, so not even a link-local
+    /// one) and forwarding is off, so the kernel neither answers for the firewall's
+    /// addresses nor forwards anything. The LAN and WAN hosts are set up as for `Kernel`.
+    Userspace,
+}
+
 /// A running lab. Dropping it deletes its namespaces (best effort); see also [`Lab::down`].
 #[derive(Debug)]
 pub struct Lab {
     pub spec: LabSpec,
+    pub firewall: Firewall,
     /// Namespaces this value created and therefore deletes; emptied by `down` / `leak`.
     owned: Vec<Netns>,
 }
@@ -171,9 +186,15 @@ impl Lab {
     /// Fails (without touching them) if any of the namespaces already exists. On any later
     /// failure it deletes the namespaces it created before returning the error.
     pub fn up(spec: LabSpec) -> Result<Lab, LabError> {
+        Lab::up_with(spec, Firewall::Kernel)
+    }
+
+    /// [`Lab::up`] with the firewall namespace set up for `firewall`.
+    pub fn up_with(spec: LabSpec, firewall: Firewall) -> Result<Lab, LabError> {
         spec.validate()?;
         let mut lab = Lab {
             spec,
+            firewall,
             owned: Vec::new(),
         };
         // If anything below fails, `lab` is dropped and deletes what is in `owned`.
@@ -194,8 +215,9 @@ impl Lab {
         use addr::*;
         let (lan, fw, wan) = (self.lan(), self.fw(), self.wan());
 
+        let kernel_routes = self.firewall == Firewall::Kernel;
         // Per-namespace sysctls first, so that devices created below inherit `default.*`.
-        for (ns, router) in [(&lan, false), (&fw, true), (&wan, false)] {
+        for (ns, router) in [(&lan, false), (&fw, kernel_routes), (&wan, false)] {
             ns.ip(&["link", "set", "lo", "up"])?;
             let fwd = if router { "1" } else { "0" };
             for (key, value) in [
@@ -218,6 +240,10 @@ impl Lab {
             ] {
                 ns.set_sysctl(key, value)?;
             }
+        }
+        if !kernel_routes {
+            // Before the veths exist, so that they never get a link-local address.
+            fw.set_sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
         }
 
         // veth pairs, created directly inside the namespaces (never on the host).
@@ -268,6 +294,9 @@ impl Lab {
             (&wan, ifname::WAN_HOST, format!("{WAN_HOST6}/{PREFIX_LEN6}")),
         ];
         for (ns, dev, cidr) in &addrs {
+            if !kernel_routes && ns.name() == fw.name() {
+                continue;
+            }
             if cidr.contains(':') {
                 ns.ip(&["-6", "addr", "add", cidr, "dev", dev, "nodad"])?;
             } else {

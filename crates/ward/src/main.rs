@@ -1,11 +1,12 @@
 //! The `ward` command: argument parsing and orchestration only. The work happens in the
-//! `policy` (file → model), `nft` (model → kernel), `dns` (the proxy) and `testlab`
-//! (namespace lab) crates.
+//! `policy` (file → model), `nft` (model → kernel), `dns` (the proxy), `engine` (the
+//! userspace data plane) and `testlab` (namespace lab) crates.
 
 mod commands;
 mod lab;
 mod run;
 mod safe;
+mod userspace;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use nix::sys::signal::{signal, SigHandler, Signal};
@@ -107,6 +108,9 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,
     },
+    /// Enforce the policy with ward's own data plane, forwarding raw frames between a LAN and
+    /// a WAN interface (AF_PACKET), until stopped; then print its counters
+    Engine(userspace::EngineArgs),
     /// Delete ward's table (and nothing else)
     Remove {
         #[arg(long)]
@@ -226,6 +230,7 @@ fn main() -> ExitCode {
             metrics,
             log: log.as_deref(),
         }),
+        Cmd::Engine(args) => userspace::run(&args),
         Cmd::Remove { netns } => commands::remove(t, netns.as_deref()),
         Cmd::Status { json, netns } => commands::status(t, json, netns.as_deref(), &cli.state_dir),
         Cmd::Explain(args) => commands::explain(&args),

@@ -13,8 +13,8 @@
 //! 0x0000 is sent as 0xFFFF (RFC 768). That holds for UDP over IPv6 too, where a zero checksum
 //! is allowed for tunnels (RFC 6935) and Linux's NAT leaves it alone likewise.
 //! They assume complete checksums: a frame whose checksum was left partial for offload
-//! (AF_PACKET's `TP_STATUS_CSUMNOTREADY`) holds only the pseudo-header sum and must be
-//! completed, or updated differently, by the I/O layer.
+//! (AF_PACKET's `TP_STATUS_CSUMNOTREADY`) holds only the pseudo-header sum, and the I/O layer
+//! completes it first with [`complete_partial`].
 
 use super::packet::{proto, Ip, L4};
 use ::core::net::IpAddr;
@@ -132,6 +132,29 @@ pub fn addr_changed(frame: &mut [u8], ip: &Ip, old: IpAddr, new: IpAddr) -> Resu
     if let Some(sum) = l4 {
         apply(field(frame, sum.at)?, sum.udp, update_for);
     }
+    Ok(())
+}
+
+/// Completes the L4 checksum of a packet whose sender left it for offload (Linux's
+/// `CHECKSUM_PARTIAL`, which AF_PACKET reports as `TP_STATUS_CSUMNOTREADY` on a frame from a
+/// local sender or a veth peer): the field holds the folded sum of the pseudo-header only, and
+/// the NIC was to add the sum of the L4 header and payload, the field included, and complement
+/// it. That is done here, so the incremental updates of forwarding and NAT start from a full
+/// checksum. TCP, UDP, ICMP and ICMPv6, where the sum starts at the L4 header; other
+/// protocols have no checksum the engine knows and are left as they are. Reads the payload,
+/// unlike the updates: only for the frames that need it.
+pub fn complete_partial(frame: &mut [u8], ip: &Ip) -> Result<(), Mismatch> {
+    let Some(sum) = l4_sum(ip)? else {
+        return Ok(());
+    };
+    let body = frame.get(ip.offsets.l4..ip.offsets.end).ok_or(Mismatch)?;
+    // At most 0xFFFF per word and 2^15 words in an IP packet: no overflow in a u64.
+    let total: u64 = body.chunks(2).map(|pair| u64::from(word(pair))).sum();
+    let mut complete = !fold(total);
+    if sum.udp && complete == 0 {
+        complete = 0xffff;
+    }
+    *field(frame, sum.at)? = complete.to_be_bytes();
     Ok(())
 }
 
@@ -487,6 +510,76 @@ mod tests {
                 proptest::prop_assert_eq!(l4_checksum(&f, &ip) == 0, no_udp_sum);
             }
         }
+    }
+
+    /// The 16-bit words of the pseudo-header of the packet in `f` (none for ICMP over IPv4).
+    fn pseudo_words(f: &[u8], ip: &Ip) -> Vec<u16> {
+        let len = ip.offsets.end - ip.offsets.l4;
+        let mut words = Vec::new();
+        let mut addrs = |bytes: &[u8]| {
+            for pair in bytes.chunks(2) {
+                words.push(u16::from_be_bytes([pair[0], pair[1]]));
+            }
+        };
+        match (ip.src, ip.proto) {
+            (IpAddr::V4(_), proto::ICMP) => return Vec::new(),
+            (IpAddr::V4(_), _) => addrs(&f[ip.offsets.l3 + 12..ip.offsets.l3 + 20]),
+            (IpAddr::V6(_), _) => addrs(&f[ip.offsets.l3 + 8..ip.offsets.l3 + 40]),
+        }
+        words.extend_from_slice(&[(len >> 16) as u16, len as u16, u16::from(ip.proto)]);
+        words
+    }
+
+    proptest::proptest! {
+        /// A checksum left partial for offload (the field seeded with the pseudo-header's
+        /// folded sum, as Linux leaves it) is completed to what a full computation gives.
+        #[test]
+        fn partial_checksums_are_completed(
+            (v6, proto, src, dst, a, b, payload, _) in packet(),
+        ) {
+            let (mut f, ip) = build(v6, proto, src, dst, a, b, &payload, false);
+            let want = f.clone();
+            let at = ip.offsets.l4 + match proto {
+                proto::TCP => 16,
+                proto::UDP => 6,
+                _ => 2,
+            };
+            // `full` complements the folded sum; the seed is the folded sum itself.
+            let pseudo = pseudo_words(&f, &ip);
+            let seed = if pseudo.is_empty() { 0 } else { !full(&pseudo) };
+            f[at..at + 2].copy_from_slice(&seed.to_be_bytes());
+            proptest::prop_assert_eq!(complete_partial(&mut f, &ip), Ok(()));
+            proptest::prop_assert_eq!(&f, &want);
+            proptest::prop_assert!(verifies(&f, &ip));
+        }
+    }
+
+    #[test]
+    fn completing_needs_the_whole_packet_and_leaves_other_protocols_alone() {
+        let (f, ip) = build(
+            false,
+            proto::TCP,
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            1,
+            2,
+            b"data",
+            false,
+        );
+        let mut short = f[..f.len() - 1].to_vec();
+        assert_eq!(complete_partial(&mut short, &ip), Err(Mismatch));
+        assert_eq!(short, f[..f.len() - 1]);
+        let mut gre = frame(
+            false,
+            47,
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            &[1, 2, 3, 4],
+        );
+        let ip = parsed(&gre);
+        let before = gre.clone();
+        assert_eq!(complete_partial(&mut gre, &ip), Ok(()));
+        assert_eq!(gre, before);
     }
 
     #[test]

@@ -153,7 +153,8 @@ pub fn assert_blocked(p: &Probe, what: &str) {
     );
 }
 
-/// `ward run` in the lab's firewall, stopped (SIGTERM, then SIGKILL) when dropped.
+/// `ward run` (or `ward engine`) in the lab's firewall, stopped (SIGTERM, then SIGKILL) by
+/// its pid when dropped.
 pub struct WardRun {
     child: Child,
     out: mpsc::Receiver<String>,
@@ -167,15 +168,39 @@ impl WardRun {
 
     /// With more arguments for `ward run` (`--metrics ADDR`, `--log FILE`).
     pub fn start_with(lab: &Lab, yaml: &str, args: &[&str]) -> WardRun {
+        WardRun::spawn("run", lab, yaml, args)
+    }
+
+    /// `ward engine` in the lab's firewall (a `Firewall::Userspace` lab), owning the
+    /// firewall's usual addresses on lan0 and wan0, with more arguments in `args`.
+    pub fn engine(lab: &Lab, yaml: &str, args: &[&str]) -> WardRun {
+        let lan = format!("{}/{}", addr::FW_LAN, addr::PREFIX_LEN);
+        let wan = format!("{}/{}", addr::FW_WAN, addr::PREFIX_LEN);
+        let mut all = vec![
+            "--lan",
+            testlab::ifname::FW_LAN,
+            "--wan",
+            testlab::ifname::FW_WAN,
+            "--lan-addr",
+            &lan,
+            "--wan-addr",
+            &wan,
+        ];
+        all.extend_from_slice(args);
+        WardRun::spawn("engine", lab, yaml, &all)
+    }
+
+    /// `ward COMMAND FILE --netns FW ARGS...`, once it has printed "ready".
+    fn spawn(command: &str, lab: &Lab, yaml: &str, args: &[&str]) -> WardRun {
         let file = PolicyFile::new(yaml);
         let mut child = Command::new(WARD)
-            .args(["run", file.path(), "--netns", lab.fw().name()])
+            .args([command, file.path(), "--netns", lab.fw().name()])
             .args(args)
             .env("WARD_STATE_DIR", state_dir())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start ward run");
+            .unwrap_or_else(|e| panic!("start ward {command}: {e}"));
         let (tx, out) = mpsc::channel();
         for pipe in [
             Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
@@ -213,7 +238,7 @@ impl WardRun {
                 Err(_) => {
                     let status = self.child.try_wait().ok().flatten();
                     panic!(
-                        "ward run printed no {what:?} (exit: {status:?}):\n{seen}policy:\n{}",
+                        "ward printed no {what:?} (exit: {status:?}):\n{seen}policy:\n{}",
                         std::fs::read_to_string(&self.file.0).unwrap_or_default()
                     );
                 }
@@ -238,8 +263,8 @@ impl WardRun {
     /// SIGTERM, and everything it printed, once it has exited.
     pub fn stop(mut self) -> String {
         self.signal(nix::sys::signal::Signal::SIGTERM);
-        let status = self.child.wait().expect("wait for ward run");
-        assert!(status.success(), "ward run exited with {status}");
+        let status = self.child.wait().expect("wait for ward");
+        assert!(status.success(), "ward exited with {status}");
         // The reader threads end with the pipes.
         std::thread::sleep(Duration::from_millis(50));
         self.out.try_iter().collect::<Vec<_>>().join("\n")

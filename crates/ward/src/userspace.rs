@@ -1,0 +1,220 @@
+//! `ward engine`: the policy enforced by ward's own data plane (the `engine` crate) forwarding
+//! raw frames between a LAN and a WAN interface, until SIGTERM or SIGINT; then its counters.
+//!
+//! The engine owns the addresses given on the command line: it answers ARP for them and
+//! nothing else. The kernel must not forward in the same namespace (it would pass what the
+//! engine drops), so `ward engine` refuses to start where IPv4 forwarding is on.
+
+use crate::commands::{self, Failure, Result};
+use engine::core::arp::{Own, Side};
+use engine::core::conntrack::DEFAULT_CAPACITY;
+use engine::core::engine::{Config, Discard, Engine, Interface, Rules, DEFAULT_NEIGHBOURS};
+use engine::core::DropReason;
+use engine::io::{self, Driver, Socket};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct EngineArgs {
+    #[arg(default_value = "rules.yaml")]
+    file: PathBuf,
+    /// The LAN-side interface
+    #[arg(long, value_name = "IF")]
+    lan: String,
+    /// The WAN-side interface
+    #[arg(long, value_name = "IF")]
+    wan: String,
+    /// The engine's own address and prefix on the LAN side (e.g. 192.168.1.1/24)
+    #[arg(long, value_name = "IP/LEN", value_parser = parse_addr)]
+    lan_addr: (Ipv4Addr, u8),
+    /// The engine's own address and prefix on the WAN side
+    #[arg(long, value_name = "IP/LEN", value_parser = parse_addr)]
+    wan_addr: (Ipv4Addr, u8),
+    /// Next hop for destinations off both links (on the WAN side)
+    #[arg(long, value_name = "IP")]
+    gateway: Option<Ipv4Addr>,
+    /// Run inside this named network namespace
+    #[arg(long)]
+    netns: Option<String>,
+    /// Connections tracked at most; new ones beyond are dropped (conntrack_full)
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CAPACITY as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1 << 28))]
+    conntrack_capacity: u32,
+}
+
+fn parse_addr(s: &str) -> std::result::Result<(Ipv4Addr, u8), String> {
+    let (ip, len) = s
+        .split_once('/')
+        .ok_or_else(|| format!("expected IP/LEN such as 192.168.1.1/24, got {s:?}"))?;
+    let ip: Ipv4Addr = ip
+        .parse()
+        .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= 32)
+        .ok_or_else(|| format!("{len:?} is not a prefix length (0-32)"))?;
+    Ok((ip, len))
+}
+
+fn io_failure(e: io::IoError) -> Failure {
+    Failure(format!("error: {e}\nthe engine did not start."))
+}
+
+pub fn run(a: &EngineArgs) -> Result {
+    // Sockets opened from here on belong to the namespace.
+    if let Some(ns) = &a.netns {
+        nft::netns::enter(ns)?;
+    }
+    let loaded = commands::load(&a.file)?;
+    let policy = &loaded.checked.policy;
+    forwarding_is_off()?;
+    let by_name: Vec<&str> = policy
+        .rules
+        .iter()
+        .filter(|r| !r.destination_fqdn.is_empty())
+        .map(|r| r.id.as_str())
+        .collect();
+    if !by_name.is_empty() {
+        eprintln!(
+            "warning: ward engine runs no DNS proxy yet, so these destination_fqdn rules match nothing: {}",
+            by_name.join(", ")
+        );
+    }
+    for snat in &policy.nat.snat {
+        if snat.out_interface != a.wan && snat.out_interface != a.lan {
+            eprintln!(
+                "warning: the SNAT rule for {} never applies: the engine forwards between {} and {}",
+                snat.out_interface, a.lan, a.wan
+            );
+        }
+    }
+
+    let lan = Socket::open(&a.lan).map_err(io_failure)?;
+    let wan = Socket::open(&a.wan).map_err(io_failure)?;
+    let own = |socket: &Socket, (ip, prefix_len): (Ipv4Addr, u8)| Own {
+        mac: socket.link().mac,
+        ip,
+        prefix_len,
+    };
+    // The tables' hash keys are secret: tuples and addresses are chosen by whoever sends.
+    let key = || rand::random::<[u64; 2]>();
+    let config = Config {
+        lan: Interface {
+            name: a.lan.clone(),
+            own: own(&lan, a.lan_addr),
+        },
+        wan: Interface {
+            name: a.wan.clone(),
+            own: own(&wan, a.wan_addr),
+        },
+        gateway: a.gateway,
+        conntrack_capacity: a.conntrack_capacity as usize,
+        neighbour_capacity: DEFAULT_NEIGHBOURS,
+        conntrack_key: key(),
+        neighbour_key: key(),
+    };
+    let mut engine = Engine::new(Rules::compile(policy, key()), config)
+        .map_err(|e| Failure(format!("error: {e}\nthe engine did not start.")))?;
+    let stop = io::stop_on_signals().map_err(io_failure)?;
+    let mut driver = Driver::new(lan, wan);
+    println!(
+        "ward engine: ready; forwarding between {} ({}/{}) and {} ({}/{}){}, policy sha256 {}; SIGTERM or Ctrl-C stops",
+        a.lan,
+        a.lan_addr.0,
+        a.lan_addr.1,
+        a.wan,
+        a.wan_addr.0,
+        a.wan_addr.1,
+        a.gateway
+            .map(|g| format!(", gateway {g}"))
+            .unwrap_or_default(),
+        loaded.sha256
+    );
+    let result = driver.run(&mut engine, stop);
+    // Counters go out however the loop ended: they say what was enforced until then.
+    print!("{}", report(&engine, &driver));
+    result.map_err(|e| Failure(format!("error: {e}\nthe engine stopped.")))
+}
+
+/// Refuses to run beside a forwarding kernel.
+fn forwarding_is_off() -> Result {
+    const SYSCTL: &str = "/proc/sys/net/ipv4/ip_forward";
+    let value = std::fs::read_to_string(SYSCTL)
+        .map_err(|e| Failure(format!("error: cannot read {SYSCTL}: {e}")))?;
+    if value.trim() != "0" {
+        return Err(Failure(
+            "error: IPv4 forwarding is on here, so the kernel would forward what the engine \
+             drops.\nturn it off (sysctl -w net.ipv4.ip_forward=0) and start again; the engine \
+             did not start."
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// One line per counter, `kind name value...`, for people and for scripts.
+fn report(engine: &Engine, driver: &Driver) -> String {
+    let mut out = String::from("ward engine: stopped\n");
+    for r in engine.rule_counts() {
+        let action = match r.action {
+            engine::core::filter::Action::Accept => "accept",
+            engine::core::filter::Action::Deny => "deny",
+        };
+        out.push_str(&format!(
+            "rule {} {action} packets={} bytes={}\n",
+            r.id, r.count.packets, r.count.bytes
+        ));
+    }
+    for reason in DropReason::ALL {
+        out.push_str(&format!("drop {reason} {}\n", engine.drops(reason)));
+    }
+    for why in Discard::ALL {
+        out.push_str(&format!("discard {why} {}\n", engine.discards(why)));
+    }
+    let t = engine.totals();
+    let (flows, capacity) = engine.conntrack_usage();
+    out.push_str(&format!(
+        "totals forwarded={} arp_replies={} arp_requests={} snat={} dnat={} conntrack={flows}/{capacity}\n",
+        t.forwarded, t.arp_replies, t.arp_requests, t.snat, t.dnat
+    ));
+    for side in [Side::Lan, Side::Wan] {
+        let link = driver.link(side);
+        let own = engine.own(side);
+        let mac = link.mac.0.map(|b| format!("{b:02x}")).join(":");
+        out.push_str(&format!(
+            "link {} mac={mac} address={}/{}\n",
+            link.name, own.ip, own.prefix_len
+        ));
+    }
+    out.push_str(&format!("io {}\n", driver.stats()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_addr;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn addresses_take_an_ipv4_address_and_a_prefix_length() {
+        assert_eq!(
+            parse_addr("192.168.1.1/24"),
+            Ok((Ipv4Addr::new(192, 168, 1, 1), 24))
+        );
+        assert_eq!(
+            parse_addr("10.0.0.1/32"),
+            Ok((Ipv4Addr::new(10, 0, 0, 1), 32))
+        );
+        for bad in [
+            "192.168.1.1",
+            "192.168.1.1/33",
+            "192.168.1/24",
+            "fd00::1/64",
+            "/24",
+            "1.2.3.4/x",
+        ] {
+            assert!(parse_addr(bad).is_err(), "{bad}");
+        }
+    }
+}
