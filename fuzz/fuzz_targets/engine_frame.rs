@@ -3,12 +3,15 @@
 //!
 //! ARP goes to the neighbour table, whose replies must parse; an IP frame is also forwarded
 //! and NAT-style rewritten in a copy, which must still parse, one TTL lower (so the incremental
-//! IPv4 checksum verifies).
+//! IPv4 checksum verifies), and has its checksum completed as if left partial in another.
+//! Every frame also goes through a whole `Engine` (with NAT), sent to its MAC half the time:
+//! what it forwards must parse one TTL lower from its own MAC, what it replies must be ARP.
 #![no_main]
 
 use engine::core::arp::{Neighbours, Own, Side, FRAME_LEN};
-use engine::core::checksum::{addr_changed, l4_word_changed};
+use engine::core::checksum::{addr_changed, complete_partial, l4_word_changed};
 use engine::core::conntrack::{Conntrack, Opening, Timeouts, Tuple};
+use engine::core::engine::{Action, Config, Engine, Interface, Rules};
 use engine::core::forward::{forward, NotForwarded};
 use engine::core::filter::{Direction, Filter, FlowKey};
 use engine::core::packet::{parse, Ip, Payload, L4};
@@ -25,12 +28,33 @@ rules:
   - {id: est, action: accept, state: established}
 ";
 
+/// The whole engine's policy: masquerade and a port-forward, so NAT runs too.
+const ENGINE_POLICY: &str = "
+interfaces: {lan: [eth1], wan: [eth0]}
+rules:
+  - {id: web, action: accept, direction: egress, protocol: tcp, destination_port: [80, 443]}
+  - {id: dns, action: accept, direction: egress, protocol: udp, destination_port: 53}
+  - {id: ping, action: accept, direction: egress, protocol: icmp}
+  - {id: no-ssh, action: deny, protocol: tcp, destination_port: 22}
+  - {id: fwd, action: accept, direction: ingress, destination: 192.168.1.10}
+nat:
+  snat:
+    - {out_interface: eth0, source: 192.168.1.0/24, masquerade: true}
+  dnat:
+    - {wan_ip: 203.0.113.1, wan_port: 8080, to: '192.168.1.10:80', proto: tcp}
+";
+
+const LAN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x11]);
+const WAN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x22]);
+
 struct Fixture {
     filter: Filter,
     /// Small, so inputs fill it and its full and expiry paths run too.
     conntrack: Mutex<(Conntrack, u64)>,
     /// Small too, so its sets fill and entries are replaced.
     neighbours: Mutex<Neighbours>,
+    /// With its clock; small tables, as above.
+    engine: Mutex<(Engine, u64)>,
 }
 
 const OWN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 1]);
@@ -59,11 +83,81 @@ fn fixture() -> &'static Fixture {
                 16,
                 [3, 4],
             )),
+            engine: Mutex::new((engine(), 0)),
         }
     })
 }
 
+fn engine() -> Engine {
+    let policy = match policy::parse_str(ENGINE_POLICY, "fuzz-engine.yaml") {
+        Ok(c) => c.policy,
+        Err(e) => panic!("{e}"),
+    };
+    let own = |mac, ip| Own {
+        mac,
+        ip,
+        prefix_len: 24,
+    };
+    let config = Config {
+        lan: Interface {
+            name: "eth1".into(),
+            own: own(LAN_MAC, Ipv4Addr::new(192, 168, 1, 1)),
+        },
+        wan: Interface {
+            name: "eth0".into(),
+            own: own(WAN_MAC, Ipv4Addr::new(203, 0, 113, 1)),
+        },
+        gateway: Some(Ipv4Addr::new(203, 0, 113, 254)),
+        conntrack_capacity: 64,
+        neighbour_capacity: 16,
+        conntrack_key: [5, 6],
+        neighbour_key: [7, 8],
+    };
+    match Engine::new(Rules::compile(&policy, [9, 10]), config) {
+        Ok(e) => e,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The frame through the whole engine, on the side its length's parity picks, sent to the
+/// engine's MAC there when its first byte is even.
+fn through_the_engine(frame: &[u8]) {
+    let Ok(mut guard) = fixture().engine.lock() else {
+        return;
+    };
+    let (engine, now) = &mut *guard;
+    *now += 250;
+    let side = if frame.len() % 2 == 0 { Side::Lan } else { Side::Wan };
+    let mut copy = frame.to_vec();
+    if copy.len() >= 6 && copy[0] % 2 == 0 {
+        copy[..6].copy_from_slice(&engine.own(side).mac.0);
+    }
+    let before = match parse(&copy).map(|p| p.payload) {
+        Ok(Payload::Ip(ip)) => Some(ip.ttl),
+        _ => None,
+    };
+    let mut out = [0u8; FRAME_LEN];
+    let is_arp = |out: &[u8; FRAME_LEN]| matches!(parse(out).map(|p| p.payload), Ok(Payload::Arp(_)));
+    match engine.handle(side, &mut copy, *now, &mut out) {
+        Action::Forward { out: to, ask } => {
+            let after = parse(&copy).unwrap_or_else(|r| panic!("forwarded, no longer parses: {r}"));
+            let Payload::Ip(ip) = after.payload else {
+                panic!("forwarded something that is not IP")
+            };
+            assert_eq!(after.src_mac, engine.own(to).mac);
+            assert_eq!(Some(ip.ttl + 1), before);
+            assert!(!ask || is_arp(&out));
+        }
+        Action::Reply(_) => assert!(is_arp(&out)),
+        Action::Drop(_) | Action::Discard(_) => {}
+    }
+    if *now % 8_000 == 0 {
+        engine.sweep(*now, 16);
+    }
+}
+
 fuzz_target!(|frame: &[u8]| {
+    through_the_engine(frame);
     let Ok(parsed) = parse(frame) else {
         return;
     };
@@ -116,6 +210,10 @@ fuzz_target!(|frame: &[u8]| {
 
 /// Forwards and NAT-rewrites a copy of the frame: it must still parse, one TTL lower.
 fn rewrite(frame: &[u8], ip: &Ip) {
+    // Completing a checksum touches only the L4 checksum field.
+    let mut completed = frame.to_vec();
+    assert_eq!(complete_partial(&mut completed, ip), Ok(()));
+    assert!(parse(&completed).is_ok());
     let mut copy = frame.to_vec();
     match forward(&mut copy, ip, EthernetAddress([0x02, 0, 0, 0, 0, 9]), OWN_MAC) {
         Ok(()) => {}
