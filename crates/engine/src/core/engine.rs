@@ -8,7 +8,10 @@
 //! 2. **ARP** goes to the neighbour table, which may write a reply;
 //! 3. IP frames not sent to the side's own MAC, and martians (a source that is the engine's,
 //!    the other side's, multicast or broadcast) go no further;
-//! 4. **conntrack hit**: the flow was accepted already; the packet takes its translation from
+//! 4. a TCP segment whose flags no state allows (no flag, SYN+FIN, a lone FIN...: see
+//!    [`TcpFlags::valid`](super::packet::TcpFlags::valid)) is `malformed_packet`, of a known
+//!    flow or not, as the kernel's conntrack calls it invalid in every state; then the
+//!    **conntrack hit**: the flow was accepted already; the packet takes its translation from
 //!    the entry and is forwarded without the filter (SPEC §3, stateful);
 //! 5. a packet that cannot start a flow ([`Opening::Invalid`]) is `malformed_packet`, as the
 //!    kernel plane counts its conntrack-invalid drops;
@@ -370,6 +373,12 @@ impl Engine {
         }
         if self.martian(side, src) {
             return self.discard(Discard::Martian);
+        }
+        if let L4::Tcp { flags, .. } = ip.l4 {
+            if !flags.valid() {
+                // No TCP state allows it, known flow or not (see `TcpFlags::valid`).
+                return self.drop(DropReason::MalformedPacket);
+            }
         }
         let tuple = Tuple::of(&ip);
         if let Some(t) = tuple {

@@ -402,6 +402,58 @@ fn an_allowed_connection_is_masqueraded_and_its_replies_come_back() {
 }
 
 #[test]
+fn tcp_flags_no_state_allows_are_dropped_even_on_an_accepted_flow() {
+    let mut e = engine();
+    let mut syn = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut syn, SEC).0,
+        Action::Forward { .. }
+    ));
+    let ext = ports(&left(&syn).2).0;
+    const FIN: u8 = 0x01;
+    const RST: u8 = 0x04;
+    const PSH: u8 = 0x08;
+    const URG: u8 = 0x20;
+    for (n, bad) in [0, FIN, PSH, SYN | FIN, SYN | RST, FIN | RST | ACK, 0x3f]
+        .into_iter()
+        .enumerate()
+    {
+        let mut out = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), bad);
+        let before = out.clone();
+        assert_eq!(
+            run(&mut e, Side::Lan, &mut out, 2 * SEC).0,
+            Action::Drop(DropReason::MalformedPacket),
+            "{bad:#04x} out"
+        );
+        assert_eq!(out, before, "left as it came");
+        let mut back = tcp(Side::Wan, (REMOTE, 443), (WAN_IP, ext), bad | URG);
+        assert_eq!(
+            run(&mut e, Side::Wan, &mut back, 2 * SEC).0,
+            Action::Drop(DropReason::MalformedPacket),
+            "{:#04x} back",
+            bad | URG
+        );
+        assert_eq!(e.drops(DropReason::MalformedPacket), 2 * n as u64 + 2);
+    }
+    // The flow is where it was: its SYN-ACK and data still pass, PSH or not.
+    for (side, flags) in [
+        (Side::Wan, SYN | ACK),
+        (Side::Lan, PSH | ACK),
+        (Side::Wan, ACK | URG),
+    ] {
+        let mut f = match side {
+            Side::Wan => tcp(side, (REMOTE, 443), (WAN_IP, ext), flags),
+            Side::Lan => tcp(side, (HOST, 40000), (REMOTE, 443), flags),
+        };
+        assert!(
+            matches!(run(&mut e, side, &mut f, 3 * SEC).0, Action::Forward { .. }),
+            "{flags:#04x}"
+        );
+    }
+    assert_eq!(count(&e, "web"), 1);
+}
+
+#[test]
 fn an_unresolved_next_hop_is_asked_for_and_the_retransmission_passes() {
     let mut e = engine_with(POLICY, 64);
     let mut learn_host = arp(
