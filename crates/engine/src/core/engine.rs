@@ -17,7 +17,10 @@
 //!    kernel plane counts its conntrack-invalid drops;
 //! 6. **DNAT**, then the **filter** on the translated tuple: the direction comes from the
 //!    sides (LAN → WAN egress, WAN → LAN ingress), or is `input` for the engine's own
-//!    addresses, which nothing but ARP answers: accepted input goes no further either;
+//!    addresses, which nothing but ARP answers: accepted input goes no further either. A
+//!    packet to be forwarded whose TTL runs out here is discarded before the filter, as the
+//!    kernel does before its forward hook: judged by no rule, and it opens no flow (the
+//!    kernel's connection for it is never confirmed), so no reply can pass on its account;
 //! 7. **open** the flow (table full → `conntrack_full`), after **SNAT** has chosen its
 //!    external port (none free → `nat_port_pool_exhausted`);
 //! 8. **forward**: next hop from the neighbour table (unknown → an ARP request goes out on
@@ -452,6 +455,9 @@ impl Engine {
         let Some((out_side, hop)) = self.route(side, dst4) else {
             return self.discard(Discard::NoRoute);
         };
+        if ip.ttl <= 1 {
+            return self.discard(Discard::TtlExceeded);
+        }
         key.direction = match side {
             Side::Lan => Direction::Egress,
             Side::Wan => Direction::Ingress,

@@ -778,12 +778,49 @@ fn an_expiring_ttl_is_not_forwarded() {
         run(&mut e, Side::Lan, &mut syn, SEC).0,
         Action::Discard(Discard::TtlExceeded)
     );
+    // Judged by no rule, and no flow opened: the kernel never confirms its connection.
+    assert_eq!(count(&e, "web"), 0);
+    assert_eq!(e.conntrack_usage().0, 0);
     let mut two = tcp_ttl(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN, 2);
     assert!(matches!(
         run(&mut e, Side::Lan, &mut two, SEC).0,
         Action::Forward { .. }
     ));
     assert_eq!(left(&two).2.ttl, 1);
+}
+
+#[test]
+fn a_reply_to_a_packet_whose_ttl_ran_out_is_not_part_of_a_flow() {
+    let mut e = engine();
+    // A port-forwarded SYN that expires at the engine, then the answer it would have had.
+    let mut syn = tcp_ttl(Side::Wan, (WAN_HOST, 50000), (WAN_IP, 8080), SYN, 1);
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut syn, SEC).0,
+        Action::Discard(Discard::TtlExceeded)
+    );
+    let mut syn_ack = tcp(Side::Lan, (HOST, 80), (WAN_HOST, 50000), SYN | ACK);
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut syn_ack, SEC).0,
+        Action::Drop(DropReason::MalformedPacket)
+    );
+    assert_eq!((count(&e, "forwarded-web"), e.totals().dnat), (0, 0));
+    // An established flow's packet that expires leaves the flow as it was.
+    let mut syn = tcp(Side::Wan, (WAN_HOST, 50000), (WAN_IP, 8080), SYN);
+    assert!(matches!(
+        run(&mut e, Side::Wan, &mut syn, 2 * SEC).0,
+        Action::Forward { .. }
+    ));
+    let mut late = tcp_ttl(Side::Wan, (WAN_HOST, 50000), (WAN_IP, 8080), ACK, 1);
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut late, 2 * SEC).0,
+        Action::Discard(Discard::TtlExceeded)
+    );
+    let mut syn_ack = tcp(Side::Lan, (HOST, 80), (WAN_HOST, 50000), SYN | ACK);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut syn_ack, 2 * SEC).0,
+        Action::Forward { .. }
+    ));
+    assert_eq!(count(&e, "forwarded-web"), 1);
 }
 
 #[test]
