@@ -7,7 +7,7 @@
 //!    engine start IPv4-only, and the neighbour table has no IPv6 discovery);
 //! 2. **ARP** goes to the neighbour table, which may write a reply;
 //! 3. IP frames not sent to the side's own MAC, and martians (a source that is the engine's,
-//!    the other side's, multicast or broadcast) go no further;
+//!    the other side's, multicast, broadcast, loopback or 0.0.0.0) go no further;
 //! 4. a TCP segment whose flags no state allows (no flag, SYN+FIN, a lone FIN...: see
 //!    [`TcpFlags::valid`](super::packet::TcpFlags::valid)) is `malformed_packet`, of a known
 //!    flow or not, as the kernel's conntrack calls it invalid in every state; then the
@@ -574,11 +574,17 @@ impl Engine {
         ip == self.neighbours.own(Side::Lan).ip || ip == self.neighbours.own(Side::Wan).ip
     }
 
+    /// Sources the kernel refuses too (`ip_route_input_slow`'s martians: multicast, the
+    /// limited broadcast, 0.0.0.0, loopback), and what only the engine can tell: its own
+    /// addresses and the other side's subnet. The rest of 0.0.0.0/8 is unicast to Linux
+    /// since 5.3, and forwarded.
     fn martian(&self, side: Side, src: Ipv4Addr) -> bool {
         self.is_own(src)
             || self.neighbours.own(other(side)).in_subnet(src)
             || src.is_broadcast()
             || src.is_multicast()
+            || src.is_unspecified()
+            || src.is_loopback()
     }
 
     fn count_rule(&mut self, verdict: &Verdict, bytes: u64) {

@@ -841,6 +841,12 @@ fn frames_for_others_and_martians_go_no_further() {
         (Side::Lan, WAN_HOST),
         (Side::Lan, LAN_IP),
         (Side::Wan, WAN_IP),
+        // What the kernel refuses as a source on any interface.
+        (Side::Lan, Ipv4Addr::UNSPECIFIED),
+        (Side::Lan, Ipv4Addr::LOCALHOST),
+        (Side::Wan, Ipv4Addr::new(127, 9, 9, 9)),
+        (Side::Wan, Ipv4Addr::new(224, 0, 0, 1)),
+        (Side::Lan, Ipv4Addr::BROADCAST),
     ] {
         let dst = if side == Side::Lan { REMOTE } else { HOST };
         let mut f = tcp(side, (src, 40000), (dst, 80), SYN);
@@ -851,6 +857,17 @@ fn frames_for_others_and_martians_go_no_further() {
         );
     }
     assert!(e.rule_counts().all(|r| r.count.packets == 0));
+    // The rest of 0.0.0.0/8 is unicast to Linux (since 5.3): judged and forwarded.
+    let mut f = tcp(
+        Side::Lan,
+        (Ipv4Addr::new(0, 1, 2, 3), 40000),
+        (REMOTE, 443),
+        SYN,
+    );
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut f, SEC).0,
+        Action::Forward { out: Side::Wan, .. }
+    ));
 }
 
 #[test]
@@ -863,6 +880,10 @@ fn destinations_without_a_route_are_not_forwarded() {
         (Side::Lan, Ipv4Addr::new(192, 168, 1, 20)),
         (Side::Wan, REMOTE),
         (Side::Wan, WAN_HOST),
+        // Never a destination: loopback, multicast, broadcast.
+        (Side::Lan, Ipv4Addr::new(127, 0, 0, 1)),
+        (Side::Lan, Ipv4Addr::new(239, 1, 2, 3)),
+        (Side::Wan, Ipv4Addr::BROADCAST),
     ];
     for (side, dst) in cases {
         let src = if side == Side::Lan { HOST } else { REMOTE };
