@@ -22,7 +22,9 @@
 //!    kernel does before its forward hook: judged by no rule, and it opens no flow (the
 //!    kernel's connection for it is never confirmed), so no reply can pass on its account;
 //! 7. **open** the flow (table full → `conntrack_full`), after **SNAT** has chosen its
-//!    external port (none free → `nat_port_pool_exhausted`);
+//!    external port (none free → `nat_port_pool_exhausted`); a flow whose reply tuple another
+//!    live flow holds (its own reverse, opened first and translated) gets another source
+//!    port, as the kernel's NAT does ([`NatPlan::rebind`]);
 //! 8. **forward**: next hop from the neighbour table (unknown → an ARP request goes out on
 //!    that side and the packet is dropped, see [`super::arp`]), NAT rewrite, MACs, TTL.
 //!
@@ -87,7 +89,8 @@ pub enum Discard {
     Unresolved,
     /// TTL 0 or 1 on arrival (no ICMP time-exceeded is sent yet).
     TtlExceeded,
-    /// The flow's translated reply tuple is held by another live flow.
+    /// The flow's translated reply tuple is held by another live flow (a policy with NAT
+    /// gives the flow another source port first, [`NatPlan::rebind`]).
     Clash,
 }
 
@@ -484,6 +487,15 @@ impl Engine {
                 return self.drop(reason);
             }
             let snat = t.reply != before;
+            // Another live flow holds the reply tuple (its reverse, opened first and
+            // translated): the kernel plane, which has a NAT chain whenever the policy has
+            // NAT, gives this flow another source port. (Without NAT no translation can make
+            // two flows meet, and `open` would refuse it as a clash, as the kernel does.)
+            if !self.nat.is_empty() && self.conntrack.holds(&t.reply, now) {
+                if let Err(reason) = self.nat.rebind(t, &self.conntrack, now) {
+                    return self.drop(reason);
+                }
+            }
             match self
                 .conntrack
                 .open(t.orig, t.reply, state, verdict.rule, now)

@@ -454,6 +454,45 @@ fn tcp_flags_no_state_allows_are_dropped_even_on_an_accepted_flow() {
 }
 
 #[test]
+fn a_flow_meeting_its_masqueraded_reverse_gets_another_source_port() {
+    let mut e = engine();
+    // The LAN host opens HOST:80 → WAN_HOST:443, masqueraded.
+    let mut out = tcp(Side::Lan, (HOST, 80), (WAN_HOST, 443), SYN);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut out, SEC).0,
+        Action::Forward { .. }
+    ));
+    // WAN_HOST:443 → HOST:80 is not part of it (its reply tuple is WAN_HOST:443 → WAN_IP)
+    // but would take its original tuple as its reply tuple: the kernel gives it another
+    // source port, below 512 as 443 is, and so does the engine.
+    let mut back = tcp(Side::Wan, (WAN_HOST, 443), (HOST, 80), SYN);
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut back, SEC).0,
+        Action::Forward {
+            out: Side::Lan,
+            ask: false
+        }
+    );
+    let ip = left(&back).2;
+    assert_eq!((ip.src, ip.dst), (IpAddr::V4(WAN_HOST), IpAddr::V4(HOST)));
+    let (sport, dport) = ports(&ip);
+    assert!((1..=511).contains(&sport) && sport != 443, "{sport}");
+    assert_eq!(dport, 80);
+    assert_eq!(count(&e, "forwarded-web"), 1);
+    assert_eq!(e.conntrack_usage().0, 2);
+    // The LAN host's answer to it goes back to the port it came from.
+    let mut answer = tcp(Side::Lan, (HOST, 80), (WAN_HOST, sport), SYN | ACK);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut answer, 2 * SEC).0,
+        Action::Forward { out: Side::Wan, .. }
+    ));
+    let ip = left(&answer).2;
+    assert_eq!((ip.src, ip.dst), (IpAddr::V4(HOST), IpAddr::V4(WAN_HOST)));
+    assert_eq!(ports(&ip), (80, 443));
+    assert_eq!(e.discards(Discard::Clash), 0);
+}
+
+#[test]
 fn an_unresolved_next_hop_is_asked_for_and_the_retransmission_passes() {
     let mut e = engine_with(POLICY, 64);
     let mut learn_host = arp(
