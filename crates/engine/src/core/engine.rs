@@ -7,16 +7,24 @@
 //!    engine start IPv4-only, and the neighbour table has no IPv6 discovery);
 //! 2. **ARP** goes to the neighbour table, which may write a reply;
 //! 3. IP frames not sent to the side's own MAC, and martians (a source that is the engine's,
-//!    the other side's, multicast or broadcast) go no further;
-//! 4. **conntrack hit**: the flow was accepted already; the packet takes its translation from
+//!    the other side's, multicast, broadcast, loopback or 0.0.0.0) go no further;
+//! 4. a TCP segment whose flags no state allows (no flag, SYN+FIN, a lone FIN...: see
+//!    [`TcpFlags::valid`](super::packet::TcpFlags::valid)) is `malformed_packet`, of a known
+//!    flow or not, as the kernel's conntrack calls it invalid in every state; then the
+//!    **conntrack hit**: the flow was accepted already; the packet takes its translation from
 //!    the entry and is forwarded without the filter (SPEC §3, stateful);
 //! 5. a packet that cannot start a flow ([`Opening::Invalid`]) is `malformed_packet`, as the
 //!    kernel plane counts its conntrack-invalid drops;
 //! 6. **DNAT**, then the **filter** on the translated tuple: the direction comes from the
 //!    sides (LAN → WAN egress, WAN → LAN ingress), or is `input` for the engine's own
-//!    addresses, which nothing but ARP answers: accepted input goes no further either;
+//!    addresses, which nothing but ARP answers: accepted input goes no further either. A
+//!    packet to be forwarded whose TTL runs out here is discarded before the filter, as the
+//!    kernel does before its forward hook: judged by no rule, and it opens no flow (the
+//!    kernel's connection for it is never confirmed), so no reply can pass on its account;
 //! 7. **open** the flow (table full → `conntrack_full`), after **SNAT** has chosen its
-//!    external port (none free → `nat_port_pool_exhausted`);
+//!    external port (none free → `nat_port_pool_exhausted`); a flow whose reply tuple another
+//!    live flow holds (its own reverse, opened first and translated) gets another source
+//!    port, as the kernel's NAT does ([`NatPlan::rebind`]);
 //! 8. **forward**: next hop from the neighbour table (unknown → an ARP request goes out on
 //!    that side and the packet is dropped, see [`super::arp`]), NAT rewrite, MACs, TTL.
 //!
@@ -81,7 +89,8 @@ pub enum Discard {
     Unresolved,
     /// TTL 0 or 1 on arrival (no ICMP time-exceeded is sent yet).
     TtlExceeded,
-    /// The flow's translated reply tuple is held by another live flow.
+    /// The flow's translated reply tuple is held by another live flow (a policy with NAT
+    /// gives the flow another source port first, [`NatPlan::rebind`]).
     Clash,
 }
 
@@ -371,6 +380,12 @@ impl Engine {
         if self.martian(side, src) {
             return self.discard(Discard::Martian);
         }
+        if let L4::Tcp { flags, .. } = ip.l4 {
+            if !flags.valid() {
+                // No TCP state allows it, known flow or not (see `TcpFlags::valid`).
+                return self.drop(DropReason::MalformedPacket);
+            }
+        }
         let tuple = Tuple::of(&ip);
         if let Some(t) = tuple {
             if let Some(hit) = self.conntrack.track(&t, &ip.l4, now) {
@@ -443,6 +458,9 @@ impl Engine {
         let Some((out_side, hop)) = self.route(side, dst4) else {
             return self.discard(Discard::NoRoute);
         };
+        if ip.ttl <= 1 {
+            return self.discard(Discard::TtlExceeded);
+        }
         key.direction = match side {
             Side::Lan => Direction::Egress,
             Side::Wan => Direction::Ingress,
@@ -469,6 +487,15 @@ impl Engine {
                 return self.drop(reason);
             }
             let snat = t.reply != before;
+            // Another live flow holds the reply tuple (its reverse, opened first and
+            // translated): the kernel plane, which has a NAT chain whenever the policy has
+            // NAT, gives this flow another source port. (Without NAT no translation can make
+            // two flows meet, and `open` would refuse it as a clash, as the kernel does.)
+            if !self.nat.is_empty() && self.conntrack.holds(&t.reply, now) {
+                if let Err(reason) = self.nat.rebind(t, &self.conntrack, now) {
+                    return self.drop(reason);
+                }
+            }
             match self
                 .conntrack
                 .open(t.orig, t.reply, state, verdict.rule, now)
@@ -559,11 +586,17 @@ impl Engine {
         ip == self.neighbours.own(Side::Lan).ip || ip == self.neighbours.own(Side::Wan).ip
     }
 
+    /// Sources the kernel refuses too (`ip_route_input_slow`'s martians: multicast, the
+    /// limited broadcast, 0.0.0.0, loopback), and what only the engine can tell: its own
+    /// addresses and the other side's subnet. The rest of 0.0.0.0/8 is unicast to Linux
+    /// since 5.3, and forwarded.
     fn martian(&self, side: Side, src: Ipv4Addr) -> bool {
         self.is_own(src)
             || self.neighbours.own(other(side)).in_subnet(src)
             || src.is_broadcast()
             || src.is_multicast()
+            || src.is_unspecified()
+            || src.is_loopback()
     }
 
     fn count_rule(&mut self, verdict: &Verdict, bytes: u64) {

@@ -334,6 +334,32 @@ impl NatPlan {
         Ok(())
     }
 
+    /// A new flow whose reply tuple a live flow already holds (typically its own reverse,
+    /// opened first as a flow of its own) gets another source port, or echo id, its address
+    /// kept: what the kernel's NAT does for a connection no rule translated when the table
+    /// has any NAT chain (the "null binding" of `nf_nat`, `nf_nat_l4proto_unique_tuple`'s
+    /// ranges: a port below 512 stays below 512, one below 1024 goes to 600-1023, any other
+    /// to 1024-65535; an echo id may become any other). Call it only for a plan that is not empty: without a NAT chain the
+    /// kernel drops such a flow, as [`Conntrack::open`] refuses it. The port is the first
+    /// free one probing from the tuple's hash, as for SNAT; `nat_port_pool_exhausted` when
+    /// none is.
+    pub fn rebind(&self, t: &mut Translation, ct: &Conntrack, now: u64) -> Result<(), DropReason> {
+        let onward = t.onward();
+        let range = match (onward.proto, onward.sport) {
+            (proto::TCP | proto::UDP, 0..=511) => PortRange { lo: 1, hi: 511 },
+            (proto::TCP | proto::UDP, 512..=1023) => PortRange { lo: 600, hi: 1023 },
+            (proto::TCP | proto::UDP, _) => PortRange {
+                lo: 1024,
+                hi: 65535,
+            },
+            _ => PortRange { lo: 1, hi: 65535 },
+        };
+        t.reply = self
+            .free_reply(&t.orig, &onward, onward.src, range, ct, now)
+            .ok_or(DropReason::NatPortPoolExhausted)?;
+        Ok(())
+    }
+
     /// The reply tuple for the first free port of `range`, probing from where the original
     /// tuple hashes to.
     fn free_reply(
@@ -844,6 +870,42 @@ nat:
         // An expired entry nobody swept frees its port all the same.
         let second_expires = 70 * SEC;
         assert!(snat(&p, &ct, flow(6), second_expires).is_ok());
+    }
+
+    #[test]
+    fn rebind_moves_the_source_port_within_the_kernels_ranges() {
+        let p = plan(MASQUERADE);
+        let mut ct = table();
+        let (host, remote) = (v4(192, 168, 1, 10), v4(203, 0, 113, 5));
+        for (rport, lo, hi) in [(80, 1, 511), (700, 600, 1023), (40_000, 1024, 65_535)] {
+            // The host's own flow to the remote port, masqueraded, holds the reverse of...
+            let host_flow = tuple(host, 5000, remote, rport, proto::TCP);
+            let masqueraded = tuple(remote, rport, v4(198, 51, 100, 1), 20_000, proto::TCP);
+            ct.open(host_flow, masqueraded, State::TcpSynSent, None, 0)
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            // ...the remote's flow to the host, which must move its source port.
+            let orig = tuple(remote, rport, host, 5000, proto::TCP);
+            let mut t = Translation::identity(orig);
+            assert!(ct.holds(&t.reply, 0));
+            assert_eq!(p.rebind(&mut t, &ct, 0), Ok(()));
+            assert_eq!(t.orig, orig);
+            let onward = t.onward();
+            assert_eq!((onward.src, onward.dst, onward.dport), (remote, host, 5000));
+            assert!(
+                (lo..=hi).contains(&onward.sport) && onward.sport != rport,
+                "{rport} → {}",
+                onward.sport
+            );
+            assert!(!ct.holds(&t.reply, 0));
+        }
+        // An echo id may become any other.
+        let ping = tuple(host, 7, remote, 7, proto::ICMP);
+        ct.open(ping, ping.reversed(), State::IcmpEcho, None, 0)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let mut t = Translation::identity(ping.reversed());
+        assert!(ct.holds(&t.reply, 0));
+        assert_eq!(p.rebind(&mut t, &ct, 0), Ok(()));
+        assert!(!ct.holds(&t.reply, 0) && t.onward().sport == t.onward().dport);
     }
 
     #[test]

@@ -133,6 +133,35 @@ impl TcpFlags {
     pub fn any(self, bits: u8) -> bool {
         self.0 & bits != 0
     }
+
+    /// Whether some TCP state allows this combination. PSH aside (and ECE and CWR, which are
+    /// not kept here), it must be one of SYN, SYN+URG, SYN+ACK, RST, RST+ACK, FIN+ACK,
+    /// FIN+ACK+URG, ACK or ACK+URG: the kernel's conntrack calls any other segment invalid
+    /// whatever its flow's state (`tcp_valid_flags`), so no flag, a lone FIN, SYN+FIN,
+    /// SYN+RST or everything set is never forwarded by the kernel data plane.
+    pub fn valid(self) -> bool {
+        const VALID: [u8; 9] = {
+            let (fin, syn, rst, ack, urg) = (
+                TcpFlags::FIN,
+                TcpFlags::SYN,
+                TcpFlags::RST,
+                TcpFlags::ACK,
+                TcpFlags::URG,
+            );
+            [
+                syn,
+                syn | urg,
+                syn | ack,
+                rst,
+                rst | ack,
+                fin | ack,
+                fin | ack | urg,
+                ack,
+                ack | urg,
+            ]
+        };
+        VALID.contains(&(self.0 & !TcpFlags::PSH))
+    }
 }
 
 const MALFORMED: DropReason = DropReason::MalformedPacket;
@@ -481,6 +510,48 @@ mod tests {
         let f = TcpFlags(TcpFlags::SYN | TcpFlags::ACK);
         assert!(f.has(TcpFlags::SYN) && f.has(TcpFlags::SYN | TcpFlags::ACK));
         assert!(!f.has(TcpFlags::SYN | TcpFlags::FIN) && f.any(TcpFlags::SYN | TcpFlags::FIN));
+    }
+
+    #[test]
+    fn valid_tcp_flags_are_the_kernels_nine_combinations_with_or_without_psh() {
+        let (fin, syn, rst, psh, ack, urg) = (
+            TcpFlags::FIN,
+            TcpFlags::SYN,
+            TcpFlags::RST,
+            TcpFlags::PSH,
+            TcpFlags::ACK,
+            TcpFlags::URG,
+        );
+        let valid = [
+            syn,
+            syn | urg,
+            syn | ack,
+            rst,
+            rst | ack,
+            fin | ack,
+            fin | ack | urg,
+            ack,
+            ack | urg,
+        ];
+        // Every combination of the six flags the parser keeps.
+        for flags in 0..0x40u8 {
+            let expected = valid.contains(&(flags & !psh));
+            assert_eq!(TcpFlags(flags).valid(), expected, "{flags:#04x}");
+        }
+        for bad in [
+            0,
+            fin,
+            psh,
+            urg,
+            syn | fin,
+            syn | rst,
+            rst | fin,
+            fin | psh | urg,
+            0x3f,
+        ] {
+            assert!(!TcpFlags(bad).valid(), "{bad:#04x}");
+        }
+        assert!(TcpFlags(syn | psh).valid() && TcpFlags(psh | ack).valid());
     }
 
     #[test]

@@ -402,6 +402,97 @@ fn an_allowed_connection_is_masqueraded_and_its_replies_come_back() {
 }
 
 #[test]
+fn tcp_flags_no_state_allows_are_dropped_even_on_an_accepted_flow() {
+    let mut e = engine();
+    let mut syn = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut syn, SEC).0,
+        Action::Forward { .. }
+    ));
+    let ext = ports(&left(&syn).2).0;
+    const FIN: u8 = 0x01;
+    const RST: u8 = 0x04;
+    const PSH: u8 = 0x08;
+    const URG: u8 = 0x20;
+    for (n, bad) in [0, FIN, PSH, SYN | FIN, SYN | RST, FIN | RST | ACK, 0x3f]
+        .into_iter()
+        .enumerate()
+    {
+        let mut out = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), bad);
+        let before = out.clone();
+        assert_eq!(
+            run(&mut e, Side::Lan, &mut out, 2 * SEC).0,
+            Action::Drop(DropReason::MalformedPacket),
+            "{bad:#04x} out"
+        );
+        assert_eq!(out, before, "left as it came");
+        let mut back = tcp(Side::Wan, (REMOTE, 443), (WAN_IP, ext), bad | URG);
+        assert_eq!(
+            run(&mut e, Side::Wan, &mut back, 2 * SEC).0,
+            Action::Drop(DropReason::MalformedPacket),
+            "{:#04x} back",
+            bad | URG
+        );
+        assert_eq!(e.drops(DropReason::MalformedPacket), 2 * n as u64 + 2);
+    }
+    // The flow is where it was: its SYN-ACK and data still pass, PSH or not.
+    for (side, flags) in [
+        (Side::Wan, SYN | ACK),
+        (Side::Lan, PSH | ACK),
+        (Side::Wan, ACK | URG),
+    ] {
+        let mut f = match side {
+            Side::Wan => tcp(side, (REMOTE, 443), (WAN_IP, ext), flags),
+            Side::Lan => tcp(side, (HOST, 40000), (REMOTE, 443), flags),
+        };
+        assert!(
+            matches!(run(&mut e, side, &mut f, 3 * SEC).0, Action::Forward { .. }),
+            "{flags:#04x}"
+        );
+    }
+    assert_eq!(count(&e, "web"), 1);
+}
+
+#[test]
+fn a_flow_meeting_its_masqueraded_reverse_gets_another_source_port() {
+    let mut e = engine();
+    // The LAN host opens HOST:80 → WAN_HOST:443, masqueraded.
+    let mut out = tcp(Side::Lan, (HOST, 80), (WAN_HOST, 443), SYN);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut out, SEC).0,
+        Action::Forward { .. }
+    ));
+    // WAN_HOST:443 → HOST:80 is not part of it (its reply tuple is WAN_HOST:443 → WAN_IP)
+    // but would take its original tuple as its reply tuple: the kernel gives it another
+    // source port, below 512 as 443 is, and so does the engine.
+    let mut back = tcp(Side::Wan, (WAN_HOST, 443), (HOST, 80), SYN);
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut back, SEC).0,
+        Action::Forward {
+            out: Side::Lan,
+            ask: false
+        }
+    );
+    let ip = left(&back).2;
+    assert_eq!((ip.src, ip.dst), (IpAddr::V4(WAN_HOST), IpAddr::V4(HOST)));
+    let (sport, dport) = ports(&ip);
+    assert!((1..=511).contains(&sport) && sport != 443, "{sport}");
+    assert_eq!(dport, 80);
+    assert_eq!(count(&e, "forwarded-web"), 1);
+    assert_eq!(e.conntrack_usage().0, 2);
+    // The LAN host's answer to it goes back to the port it came from.
+    let mut answer = tcp(Side::Lan, (HOST, 80), (WAN_HOST, sport), SYN | ACK);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut answer, 2 * SEC).0,
+        Action::Forward { out: Side::Wan, .. }
+    ));
+    let ip = left(&answer).2;
+    assert_eq!((ip.src, ip.dst), (IpAddr::V4(HOST), IpAddr::V4(WAN_HOST)));
+    assert_eq!(ports(&ip), (80, 443));
+    assert_eq!(e.discards(Discard::Clash), 0);
+}
+
+#[test]
 fn an_unresolved_next_hop_is_asked_for_and_the_retransmission_passes() {
     let mut e = engine_with(POLICY, 64);
     let mut learn_host = arp(
@@ -726,12 +817,49 @@ fn an_expiring_ttl_is_not_forwarded() {
         run(&mut e, Side::Lan, &mut syn, SEC).0,
         Action::Discard(Discard::TtlExceeded)
     );
+    // Judged by no rule, and no flow opened: the kernel never confirms its connection.
+    assert_eq!(count(&e, "web"), 0);
+    assert_eq!(e.conntrack_usage().0, 0);
     let mut two = tcp_ttl(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN, 2);
     assert!(matches!(
         run(&mut e, Side::Lan, &mut two, SEC).0,
         Action::Forward { .. }
     ));
     assert_eq!(left(&two).2.ttl, 1);
+}
+
+#[test]
+fn a_reply_to_a_packet_whose_ttl_ran_out_is_not_part_of_a_flow() {
+    let mut e = engine();
+    // A port-forwarded SYN that expires at the engine, then the answer it would have had.
+    let mut syn = tcp_ttl(Side::Wan, (WAN_HOST, 50000), (WAN_IP, 8080), SYN, 1);
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut syn, SEC).0,
+        Action::Discard(Discard::TtlExceeded)
+    );
+    let mut syn_ack = tcp(Side::Lan, (HOST, 80), (WAN_HOST, 50000), SYN | ACK);
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut syn_ack, SEC).0,
+        Action::Drop(DropReason::MalformedPacket)
+    );
+    assert_eq!((count(&e, "forwarded-web"), e.totals().dnat), (0, 0));
+    // An established flow's packet that expires leaves the flow as it was.
+    let mut syn = tcp(Side::Wan, (WAN_HOST, 50000), (WAN_IP, 8080), SYN);
+    assert!(matches!(
+        run(&mut e, Side::Wan, &mut syn, 2 * SEC).0,
+        Action::Forward { .. }
+    ));
+    let mut late = tcp_ttl(Side::Wan, (WAN_HOST, 50000), (WAN_IP, 8080), ACK, 1);
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut late, 2 * SEC).0,
+        Action::Discard(Discard::TtlExceeded)
+    );
+    let mut syn_ack = tcp(Side::Lan, (HOST, 80), (WAN_HOST, 50000), SYN | ACK);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut syn_ack, 2 * SEC).0,
+        Action::Forward { .. }
+    ));
+    assert_eq!(count(&e, "forwarded-web"), 1);
 }
 
 #[test]
@@ -752,6 +880,12 @@ fn frames_for_others_and_martians_go_no_further() {
         (Side::Lan, WAN_HOST),
         (Side::Lan, LAN_IP),
         (Side::Wan, WAN_IP),
+        // What the kernel refuses as a source on any interface.
+        (Side::Lan, Ipv4Addr::UNSPECIFIED),
+        (Side::Lan, Ipv4Addr::LOCALHOST),
+        (Side::Wan, Ipv4Addr::new(127, 9, 9, 9)),
+        (Side::Wan, Ipv4Addr::new(224, 0, 0, 1)),
+        (Side::Lan, Ipv4Addr::BROADCAST),
     ] {
         let dst = if side == Side::Lan { REMOTE } else { HOST };
         let mut f = tcp(side, (src, 40000), (dst, 80), SYN);
@@ -762,6 +896,17 @@ fn frames_for_others_and_martians_go_no_further() {
         );
     }
     assert!(e.rule_counts().all(|r| r.count.packets == 0));
+    // The rest of 0.0.0.0/8 is unicast to Linux (since 5.3): judged and forwarded.
+    let mut f = tcp(
+        Side::Lan,
+        (Ipv4Addr::new(0, 1, 2, 3), 40000),
+        (REMOTE, 443),
+        SYN,
+    );
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut f, SEC).0,
+        Action::Forward { out: Side::Wan, .. }
+    ));
 }
 
 #[test]
@@ -774,6 +919,10 @@ fn destinations_without_a_route_are_not_forwarded() {
         (Side::Lan, Ipv4Addr::new(192, 168, 1, 20)),
         (Side::Wan, REMOTE),
         (Side::Wan, WAN_HOST),
+        // Never a destination: loopback, multicast, broadcast.
+        (Side::Lan, Ipv4Addr::new(127, 0, 0, 1)),
+        (Side::Lan, Ipv4Addr::new(239, 1, 2, 3)),
+        (Side::Wan, Ipv4Addr::BROADCAST),
     ];
     for (side, dst) in cases {
         let src = if side == Side::Lan { HOST } else { REMOTE };
