@@ -22,12 +22,15 @@
 //!
 //! Time for the engine is milliseconds since the loop started, from the monotonic clock; the
 //! connection table is swept every [`SWEEP_EVERY_MS`]. [`stop_on_signals`] makes SIGTERM and
-//! SIGINT end [`Driver::run`] at its next wake-up (within [`POLL_MS`]).
+//! SIGINT end [`Driver::run`] at its next wake-up (within [`POLL_MS`]). With
+//! [`Driver::run_learning`], addresses the DNS side learned ([`crate::learn`]) are applied
+//! between waits.
 
 use crate::core::arp::{Side, FRAME_LEN};
 use crate::core::checksum;
 use crate::core::engine::{Action, Engine};
 use crate::core::packet::{parse, Payload};
+use crate::learn::Inbox;
 use ::core::ffi::{c_char, c_int, c_void};
 use ::core::marker::PhantomData;
 use ::core::sync::atomic::{AtomicBool, Ordering};
@@ -652,19 +655,46 @@ impl Driver {
     /// Forwards frames until `stop` is set (see [`stop_on_signals`]); fails only when a socket
     /// does, which leaves the engine's state as it was for the caller to report.
     pub fn run(&mut self, engine: &mut Engine, stop: &AtomicBool) -> Result<(), IoError> {
+        self.serve(engine, stop, None)
+    }
+
+    /// [`run`](Driver::run), applying what `inbox` receives (learned addresses, see
+    /// [`learn`](crate::learn)) before each wait for frames: at once when the loop is idle
+    /// (the inbox's descriptor is polled with the sockets), else after the batches in hand.
+    pub fn run_learning(
+        &mut self,
+        engine: &mut Engine,
+        stop: &AtomicBool,
+        inbox: &mut Inbox,
+    ) -> Result<(), IoError> {
+        self.serve(engine, stop, Some(inbox))
+    }
+
+    fn serve(
+        &mut self,
+        engine: &mut Engine,
+        stop: &AtomicBool,
+        mut inbox: Option<&mut Inbox>,
+    ) -> Result<(), IoError> {
         let mut last_sweep = self.now();
         while !stop.load(Ordering::Relaxed) {
             let now = self.now();
+            if let Some(inbox) = inbox.as_deref_mut() {
+                inbox.apply(engine, now);
+            }
             if now.saturating_sub(last_sweep) >= SWEEP_EVERY_MS {
                 engine.sweep(now, SWEEP_BUDGET);
                 last_sweep = now;
             }
-            let mut fds = self.sockets.each_ref().map(|s| libc::pollfd {
-                fd: s.fd.as_raw_fd(),
+            let [lan, wan] = self.sockets.each_ref().map(|s| s.fd.as_raw_fd());
+            // A negative descriptor is one `poll` skips: no inbox, nothing to wake for.
+            let wake = inbox.as_deref().map_or(-1, Inbox::fd);
+            let mut fds = [lan, wan, wake].map(|fd| libc::pollfd {
+                fd,
                 events: libc::POLLIN,
                 revents: 0,
             });
-            // SAFETY: `fds` is an array of two valid pollfds.
+            // SAFETY: `fds` is an array of three valid pollfds.
             let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, POLL_MS) };
             if r < 0 {
                 if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {

@@ -13,7 +13,8 @@
 //!
 //! The `std` feature (on by default) adds only what needs the standard library: compiling a
 //! `policy::Policy` into a [`core::filter::Filter`] and a [`core::nat::NatPlan`], reading its
-//! conntrack timeouts, and (on Linux) `io`, the AF_PACKET loop that drives the engine.
+//! conntrack timeouts, and (on Linux) `io`, the AF_PACKET loop that drives the engine, and
+//! `learn`, which hands the addresses the DNS proxy learns (another thread) to that loop.
 
 #![no_std]
 
@@ -24,3 +25,5 @@ extern crate std;
 pub mod core;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub mod io;
+#[cfg(all(feature = "std", target_os = "linux"))]
+pub mod learn;

@@ -1,0 +1,611 @@
+//! Learned addresses handed from the DNS side to the packet loop: a [`Feed`] the DNS proxy's
+//! committer writes to from its own thread, and an [`Inbox`] that [`Driver`](crate::io::Driver)
+//! empties into the [`Engine`] between batches of frames.
+//!
+//! SPEC §5 lets an answer reach the client only once the data plane holds what it allows.
+//! [`Feed::commit`] therefore returns only when the packet loop has applied the whole batch,
+//! so the client's first packet, sent after the answer, is judged with the address learned.
+//!
+//! Why a mailbox and not a table shared behind a lock: the learned table is the filter's, read
+//! by [`Engine::handle`] for every new flow on the loop's thread. Sharing it would put a lock
+//! (and the committer's allocations while it holds it) on that path. Here the loop owns the
+//! engine alone; per pass it reads one atomic flag, and only when a batch waits does it take
+//! the lock, for the time of swapping two vectors (the one it gave back last time is reused,
+//! so that takes no allocation either). It then applies the batch without the lock, wakes the
+//! committer, and goes on. The committer's side blocks meanwhile: `dns::Learner::commit` is
+//! synchronous, as a kernel transaction is. An eventfd in the loop's `poll` set wakes an idle
+//! loop at once, and a busy one applies the batch after the frames already read (at most
+//! `ROUNDS` batches a side, well under a millisecond), so the wait is short either way.
+//!
+//! Time: the DNS side speaks in TTLs; the engine's clock is the loop's milliseconds. An
+//! [`Op::Learn`] carries the TTL and the loop turns it into an expiry on its own clock when it
+//! applies the batch (`now + ttl`), so the address lives at least its TTL after the answer.
+//!
+//! Failure is closed: a loop that stopped, or that does not take a batch within the feed's
+//! timeout, makes `commit` fail (and the proxy answer SERVFAIL); a batch not yet taken is
+//! withdrawn first, so a failed commit never takes effect later.
+
+use crate::core::engine::Engine;
+use crate::io::IoError;
+use ::core::fmt;
+use ::core::net::IpAddr;
+use ::core::sync::atomic::{AtomicBool, Ordering};
+use ::core::time::Duration;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+use std::vec::Vec;
+
+/// How long [`Feed::commit`] waits for the loop to take a batch by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One change to the learned addresses of a `destination_fqdn` rule (by policy position).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Allow `addr` for `rule` for `ttl` from when the loop applies it; a repeat sets a fresh
+    /// expiry.
+    Learn {
+        rule: u32,
+        addr: IpAddr,
+        ttl: Duration,
+    },
+    /// Stop allowing `addr` for `rule`; it may have expired already.
+    Forget { rule: u32, addr: IpAddr },
+}
+
+/// Why a batch did not take effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The packet loop has stopped: nothing is learned any more.
+    Stopped,
+    /// The loop did not take the batch in time; it was withdrawn.
+    TimedOut,
+    /// The rule at this position is not a `destination_fqdn` rule: the DNS side and the
+    /// engine disagree about the policy. The batch's other changes did take effect.
+    NotANameRule(u32),
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refused::Stopped => f.write_str("the engine's packet loop has stopped"),
+            Refused::TimedOut => {
+                f.write_str("the engine's packet loop did not take the learned addresses in time")
+            }
+            Refused::NotANameRule(r) => write!(
+                f,
+                "rule {r} of the engine's policy is not a destination_fqdn rule"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Refused {}
+
+struct State {
+    /// Changes waiting for the loop, in order.
+    ops: Vec<Op>,
+    /// Batches sent, taken and applied so far (each counts up; `applied <= taken <= sent`).
+    sent: u64,
+    taken: u64,
+    applied: u64,
+    /// The first rule of the last applied batch that was not a name rule.
+    refused: Option<u32>,
+    /// The inbox is gone: nothing will be applied again.
+    closed: bool,
+}
+
+struct Shared {
+    /// A batch waits: the only thing the loop reads when none does.
+    pending: AtomicBool,
+    state: Mutex<State>,
+    /// Signalled when a batch is applied or the inbox closes.
+    done: Condvar,
+    /// An eventfd the loop polls, written to wake it.
+    wake: OwnedFd,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves nothing half-done that matters here: the
+        // counters only ever move forward.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.done.notify_all();
+    }
+}
+
+/// A connected feed and inbox.
+pub fn channel() -> Result<(Feed, Inbox), IoError> {
+    // SAFETY: plain system call; the result is checked before use.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(IoError {
+            what: "cannot create an eventfd".into(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `raw` is a descriptor just opened and owned by nothing else.
+    let wake = unsafe { OwnedFd::from_raw_fd(raw) };
+    let shared = Arc::new(Shared {
+        pending: AtomicBool::new(false),
+        state: Mutex::new(State {
+            ops: Vec::new(),
+            sent: 0,
+            taken: 0,
+            applied: 0,
+            refused: None,
+            closed: false,
+        }),
+        done: Condvar::new(),
+        wake,
+    });
+    let feed = Feed {
+        shared: shared.clone(),
+        timeout: DEFAULT_TIMEOUT,
+    };
+    let inbox = Inbox {
+        shared,
+        spare: Vec::new(),
+    };
+    Ok((feed, inbox))
+}
+
+/// The DNS side's end: one per channel, so a batch waiting in the mailbox is always its own.
+pub struct Feed {
+    shared: Arc<Shared>,
+    timeout: Duration,
+}
+
+impl Feed {
+    /// How long [`commit`](Feed::commit) waits for the loop to take a batch.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Hands `ops` to the packet loop and returns once it has applied them all, between two
+    /// frames. An empty batch changes nothing and returns at once.
+    pub fn commit(&mut self, ops: &[Op]) -> Result<(), Refused> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let shared = &*self.shared;
+        let mine = {
+            let mut s = shared.lock();
+            if s.closed {
+                return Err(Refused::Stopped);
+            }
+            s.ops.extend_from_slice(ops);
+            s.sent += 1;
+            s.sent
+        };
+        shared.pending.store(true, Ordering::Release);
+        let one: u64 = 1;
+        // SAFETY: writes the 8 bytes of `one` to the eventfd. A full counter (EAGAIN) means
+        // a wake-up is pending already, and the flag is set either way.
+        let _ = unsafe {
+            libc::write(
+                shared.wake.as_raw_fd(),
+                ::core::ptr::addr_of!(one).cast(),
+                8,
+            )
+        };
+        let deadline = Instant::now() + self.timeout;
+        let mut s = shared.lock();
+        loop {
+            if s.applied >= mine {
+                return match s.refused {
+                    Some(rule) => Err(Refused::NotANameRule(rule)),
+                    None => Ok(()),
+                };
+            }
+            if s.closed {
+                return Err(Refused::Stopped);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                if s.taken < mine {
+                    // Not taken: withdraw it, so that it never takes effect. Everything
+                    // waiting is this batch, as this feed is the only one and sends one
+                    // batch at a time.
+                    s.ops.clear();
+                    return Err(Refused::TimedOut);
+                }
+                // Taken: the loop is applying it now, which takes no waiting on anything.
+                s = shared.done.wait(s).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            s = shared
+                .done
+                .wait_timeout(s, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// The packet loop's end. Dropping it fails every commit from then on.
+pub struct Inbox {
+    shared: Arc<Shared>,
+    /// The vector the last batch came in, given back to the mailbox with the next take.
+    spare: Vec<Op>,
+}
+
+impl Inbox {
+    /// The descriptor to poll for readability: written whenever a batch waits.
+    pub fn fd(&self) -> RawFd {
+        self.shared.wake.as_raw_fd()
+    }
+
+    /// Applies the waiting batches to `engine`, `now` being its clock, and tells the feed;
+    /// returns the changes applied. With nothing waiting it reads one atomic flag and
+    /// allocates nothing.
+    pub fn apply(&mut self, engine: &mut Engine, now: u64) -> usize {
+        let shared = &*self.shared;
+        if !shared.pending.swap(false, Ordering::Acquire) {
+            return 0;
+        }
+        let mut count = [0u8; 8];
+        // SAFETY: reads the eventfd's 8-byte counter into `count`, resetting it; EAGAIN
+        // (already reset) is fine.
+        let _ = unsafe { libc::read(shared.wake.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+        let batch = {
+            let mut s = shared.lock();
+            self.spare.clear();
+            ::core::mem::swap(&mut s.ops, &mut self.spare);
+            s.taken = s.sent;
+            s.taken
+        };
+        let mut refused = None;
+        for op in &self.spare {
+            match *op {
+                Op::Learn { rule, addr, ttl } => {
+                    let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+                    if !engine.learn(rule, addr, now.saturating_add(ttl)) {
+                        refused = refused.or(Some(rule));
+                    }
+                }
+                Op::Forget { rule, addr } => engine.forget(rule, addr),
+            }
+        }
+        {
+            let mut s = shared.lock();
+            s.applied = batch;
+            s.refused = refused;
+        }
+        shared.done.notify_all();
+        self.spare.len()
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+impl fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inbox").field("fd", &self.fd()).finish()
+    }
+}
+
+impl fmt::Debug for Feed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Feed")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::arp::{Own, Side, FRAME_LEN};
+    use crate::core::engine::{Action, Config, Interface, Rules};
+    use crate::core::DropReason;
+    use ::core::net::Ipv4Addr;
+    use smoltcp::wire::{EthernetAddress, Ipv4Packet, UdpPacket};
+    use std::sync::mpsc;
+    use std::thread;
+    use std::vec;
+
+    const LAN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
+    const WAN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x02]);
+    const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+    const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+    const LAN_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
+    const WAN_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+    const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+    const HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
+    const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
+
+    /// Rule 0 is the name rule; rule 1 is not.
+    const POLICY: &str = "
+defaults: {default_action: deny}
+interfaces: {lan: [lan0], wan: [wan0]}
+rules:
+  - {id: by-name, action: accept, direction: egress, destination_fqdn: [example.com], protocol: udp, destination_port: 5000}
+  - {id: by-address, action: accept, direction: egress, destination: 192.0.2.1}
+";
+
+    fn engine() -> Engine {
+        let policy = match policy::parse_str(POLICY, "test.yaml") {
+            Ok(c) => c.policy,
+            Err(e) => panic!("{e}"),
+        };
+        let own = |mac, ip| Own {
+            mac,
+            ip,
+            prefix_len: 24,
+        };
+        let config = Config {
+            lan: Interface {
+                name: "lan0".into(),
+                own: own(LAN_MAC, LAN_IP),
+            },
+            wan: Interface {
+                name: "wan0".into(),
+                own: own(WAN_MAC, WAN_IP),
+            },
+            gateway: Some(GATEWAY),
+            conntrack_capacity: 256,
+            neighbour_capacity: 16,
+            conntrack_key: [1, 2],
+            neighbour_key: [3, 4],
+        };
+        let mut e = match Engine::new(Rules::compile(&policy, [5, 6]), config) {
+            Ok(e) => e,
+            Err(err) => panic!("{err}"),
+        };
+        // The gateway asks for the engine's address, which teaches the engine its MAC, so
+        // that an accepted packet is forwarded rather than held for ARP.
+        let mut ask = vec![0xff; 6];
+        ask.extend_from_slice(&GW_MAC);
+        ask.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+        ask.extend_from_slice(&GW_MAC);
+        ask.extend_from_slice(&GATEWAY.octets());
+        ask.extend_from_slice(&[0; 6]);
+        ask.extend_from_slice(&WAN_IP.octets());
+        let mut out = [0u8; FRAME_LEN];
+        assert_eq!(
+            e.handle(Side::Wan, &mut ask, 0, &mut out),
+            Action::Reply(Side::Wan)
+        );
+        e
+    }
+
+    /// A UDP datagram from the LAN host (source port `sport`: a new flow each) to the server's
+    /// port 5000.
+    fn datagram(sport: u16) -> Vec<u8> {
+        let mut f = LAN_MAC.0.to_vec();
+        f.extend_from_slice(&HOST_MAC);
+        f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 32, 0, 1, 0x40, 0, 64, 17, 0, 0]);
+        f.extend_from_slice(&HOST.octets());
+        f.extend_from_slice(&SERVER.octets());
+        f.extend_from_slice(&sport.to_be_bytes());
+        f.extend_from_slice(&5000u16.to_be_bytes());
+        f.extend_from_slice(&[0, 12, 0, 0, b'p', b'i', b'n', b'g']);
+        Ipv4Packet::new_unchecked(&mut f[14..34]).fill_checksum();
+        UdpPacket::new_unchecked(&mut f[34..]).fill_checksum(&HOST.into(), &SERVER.into());
+        f
+    }
+
+    fn learn(ttl_secs: u64) -> Op {
+        Op::Learn {
+            rule: 0,
+            addr: IpAddr::V4(SERVER),
+            ttl: Duration::from_secs(ttl_secs),
+        }
+    }
+
+    enum Msg {
+        /// The engine's clock moves to this time.
+        Clock(u64),
+        /// A new flow to the server from this source port.
+        Frame(u16),
+    }
+
+    /// A stand-in for the driver's loop on a thread of its own: it owns the engine and its
+    /// clock, applies the inbox whenever its descriptor wakes it, and takes messages in
+    /// order, so a batch committed after a clock change is applied at the new time.
+    struct Loop {
+        msgs: Option<mpsc::Sender<Msg>>,
+        actions: mpsc::Receiver<Option<Action>>,
+        thread: Option<thread::JoinHandle<()>>,
+    }
+
+    impl Loop {
+        fn start(mut engine: Engine, mut inbox: Inbox) -> Loop {
+            let (msgs, rx) = mpsc::channel::<Msg>();
+            let (tx, actions) = mpsc::channel();
+            let thread = thread::spawn(move || {
+                let mut now = 0;
+                loop {
+                    let mut fd = libc::pollfd {
+                        fd: inbox.fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut fd, 1, 5) };
+                    inbox.apply(&mut engine, now);
+                    loop {
+                        let reply = match rx.try_recv() {
+                            Ok(Msg::Clock(t)) => {
+                                now = t;
+                                None
+                            }
+                            Ok(Msg::Frame(sport)) => {
+                                let mut out = [0u8; FRAME_LEN];
+                                let mut frame = datagram(sport);
+                                Some(engine.handle(Side::Lan, &mut frame, now, &mut out))
+                            }
+                            Err(mpsc::TryRecvError::Empty) => break,
+                            Err(mpsc::TryRecvError::Disconnected) => return,
+                        };
+                        if tx.send(reply).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            Loop {
+                msgs: Some(msgs),
+                actions,
+                thread: Some(thread),
+            }
+        }
+
+        fn send(&self, msg: Msg) -> Option<Action> {
+            if let Some(m) = &self.msgs {
+                m.send(msg).expect("loop running");
+            }
+            self.actions.recv().expect("the loop answers")
+        }
+
+        /// Sets the engine's clock; returns once the loop has it.
+        fn clock(&self, now: u64) {
+            assert_eq!(self.send(Msg::Clock(now)), None);
+        }
+
+        /// Whether a new flow to the server passes at engine time `now`.
+        fn passes(&self, now: u64, sport: u16) -> bool {
+            self.clock(now);
+            match self.send(Msg::Frame(sport)) {
+                Some(Action::Forward { out: Side::Wan, .. }) => true,
+                Some(Action::Drop(DropReason::NoMatchingAllowRule)) => false,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            self.msgs = None;
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    #[test]
+    fn learned_once_commit_returns_refreshed_forgotten_and_expired_on_the_loop_clock() {
+        let (mut feed, inbox) = channel().expect("eventfd");
+        let lp = Loop::start(engine(), inbox);
+        assert!(!lp.passes(0, 1), "nothing learned yet");
+
+        // Applied at engine time 1000: allowed until 6000, on the loop's clock.
+        lp.clock(1000);
+        assert_eq!(feed.commit(&[learn(5)]), Ok(()));
+        // The very next frame after `commit` returned: no wait, no retry.
+        assert!(lp.passes(1000, 2));
+        assert!(lp.passes(5999, 3));
+        assert!(!lp.passes(6000, 4), "expired at 1000 + 5 s");
+
+        // A repeat sets a fresh expiry from when it is applied.
+        lp.clock(7000);
+        assert_eq!(feed.commit(&[learn(5)]), Ok(()));
+        lp.clock(10_000);
+        assert_eq!(feed.commit(&[learn(5)]), Ok(()));
+        assert!(lp.passes(14_999, 5), "refreshed at 10,000");
+        assert!(!lp.passes(15_000, 6));
+
+        // Learned, then forgotten in the next batch; learned and forgotten in one batch.
+        lp.clock(20_000);
+        assert_eq!(feed.commit(&[learn(60)]), Ok(()));
+        assert!(lp.passes(20_000, 7));
+        let forget = Op::Forget {
+            rule: 0,
+            addr: IpAddr::V4(SERVER),
+        };
+        assert_eq!(feed.commit(&[forget]), Ok(()));
+        assert!(!lp.passes(20_001, 8));
+        assert_eq!(feed.commit(&[learn(60), forget]), Ok(()));
+        assert!(!lp.passes(20_002, 9), "applied in order");
+        assert_eq!(feed.commit(&[]), Ok(()));
+    }
+
+    #[test]
+    fn commit_waits_for_a_slow_loop_to_apply() {
+        let (mut feed, mut inbox) = channel().expect("eventfd");
+        let applied = Arc::new(AtomicBool::new(false));
+        let seen = applied.clone();
+        // A loop that dawdles after its wake-up before it applies the batch.
+        let slow = thread::spawn(move || {
+            let mut e = engine();
+            let mut fd = libc::pollfd {
+                fd: inbox.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            assert_eq!(unsafe { libc::poll(&mut fd, 1, 5000) }, 1, "woken");
+            thread::sleep(Duration::from_millis(100));
+            seen.store(true, Ordering::SeqCst);
+            assert_eq!(inbox.apply(&mut e, 0), 1);
+            inbox
+        });
+        assert_eq!(feed.commit(&[learn(60)]), Ok(()));
+        assert!(
+            applied.load(Ordering::SeqCst),
+            "returned before the loop applied it"
+        );
+        let _inbox = slow.join().expect("no panic");
+    }
+
+    #[test]
+    fn a_rule_without_names_is_refused_and_said_so() {
+        let (mut feed, inbox) = channel().expect("eventfd");
+        let lp = Loop::start(engine(), inbox);
+        let wrong = Op::Learn {
+            rule: 1,
+            addr: IpAddr::V4(SERVER),
+            ttl: Duration::from_secs(60),
+        };
+        assert_eq!(
+            feed.commit(&[wrong, learn(60)]),
+            Err(Refused::NotANameRule(1))
+        );
+        // The rest of the batch took effect; the next batch is judged on its own.
+        assert!(lp.passes(0, 1));
+        assert_eq!(feed.commit(&[learn(60)]), Ok(()));
+    }
+
+    #[test]
+    fn without_a_loop_commits_fail_and_never_take_effect_later() {
+        let (mut feed, mut inbox) = channel().expect("eventfd");
+        feed.set_timeout(Duration::from_millis(30));
+        let started = Instant::now();
+        assert_eq!(feed.commit(&[learn(60)]), Err(Refused::TimedOut));
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        // The loop comes back: the withdrawn batch is not there to apply.
+        let mut e = engine();
+        assert_eq!(inbox.apply(&mut e, 0), 0);
+        let lp = Loop::start(e, inbox);
+        assert!(!lp.passes(0, 1));
+        assert_eq!(feed.commit(&[learn(60)]), Ok(()));
+        assert!(lp.passes(0, 2));
+
+        // The loop gone, commits fail at once.
+        drop(lp);
+        feed.set_timeout(Duration::from_secs(60));
+        let started = Instant::now();
+        assert_eq!(feed.commit(&[learn(60)]), Err(Refused::Stopped));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_loop_going_away_wakes_a_waiting_commit() {
+        let (mut feed, inbox) = channel().expect("eventfd");
+        feed.set_timeout(Duration::from_secs(60));
+        let waiter = thread::spawn(move || feed.commit(&[learn(60)]));
+        thread::sleep(Duration::from_millis(50));
+        drop(inbox);
+        assert_eq!(waiter.join().expect("no panic"), Err(Refused::Stopped));
+    }
+}
