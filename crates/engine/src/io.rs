@@ -25,12 +25,22 @@
 //! SIGINT end [`Driver::run`] at its next wake-up (within [`POLL_MS`]). With
 //! [`Driver::run_learning`], addresses the DNS side learned ([`crate::learn`]) are applied
 //! between waits.
+//!
+//! A host stack can be attached ([`Driver::attach_host`], a [`Tun`]): packets the engine
+//! delivers are written to it, packets read from it go to [`Engine::handle_host`]. Unlike
+//! forwarded frames, a host packet whose next hop's MAC is unknown is held (up to [`PARKED`]
+//! of them, for [`PARK_MS`]) and handed over again once the engine learns a MAC: the DNS
+//! proxy's query upstream is a single datagram, and losing it to ARP would cost the client a
+//! SERVFAIL after the upstream timeout.
 
 use crate::core::arp::{Side, FRAME_LEN};
 use crate::core::checksum;
 use crate::core::engine::{Action, Engine};
 use crate::core::packet::{parse, Payload};
 use crate::learn::Inbox;
+pub use tun::Tun;
+
+mod tun;
 use ::core::ffi::{c_char, c_int, c_void};
 use ::core::marker::PhantomData;
 use ::core::sync::atomic::{AtomicBool, Ordering};
@@ -587,20 +597,36 @@ pub struct Stats {
     pub vlan: u64,
     /// Frames that turned out to be this host's own (kernels before 4.20).
     pub outgoing: u64,
+    /// Packets written to the host stack, and read from it.
+    pub to_host: u64,
+    pub from_host: u64,
+    /// Packets for the host that could not be written: no host stack attached, or its
+    /// queue full.
+    pub host_failed: u64,
+    /// Host packets held back while their next hop's MAC was asked for, and those of them
+    /// given up on (still unresolved after [`PARK_MS`], or no room to hold them).
+    pub parked: u64,
+    pub park_expired: u64,
 }
 
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "received={} sent={} send_failed={} checksums_completed={} oversize={} vlan={} outgoing={}",
+            "received={} sent={} send_failed={} checksums_completed={} oversize={} vlan={} outgoing={} \
+             to_host={} from_host={} host_failed={} parked={} park_expired={}",
             self.received,
             self.sent,
             self.send_failed,
             self.checksums_completed,
             self.oversize,
             self.vlan,
-            self.outgoing
+            self.outgoing,
+            self.to_host,
+            self.from_host,
+            self.host_failed,
+            self.parked,
+            self.park_expired
         )
     }
 }
@@ -613,8 +639,45 @@ pub struct Driver {
     arps: Box<[[u8; FRAME_LEN]]>,
     /// By side: a forward and an ARP request per received frame at most.
     tx: [TxStore; 2],
+    host: Option<Host>,
     stats: Stats,
     start: Instant,
+}
+
+/// Host packets held at most, waiting for their next hop's MAC.
+pub const PARKED: usize = 16;
+/// How long a host packet waits for its next hop's MAC (as long as the kernel's ARP retries
+/// last: three requests a second apart).
+pub const PARK_MS: u64 = 3_000;
+
+/// The host stack's side of the loop: its TUN device and buffers, allocated once.
+struct Host {
+    tun: Tun,
+    slot: usize,
+    /// [`BATCH`] packets read from the host, each behind room for an Ethernet header.
+    rx: Box<[u8]>,
+    arps: Box<[[u8; FRAME_LEN]]>,
+    /// [`PARKED`] slots for packets whose next hop was unresolved, and which hold one: its
+    /// length and when it was parked.
+    parked: Box<[u8]>,
+    held: [Option<(usize, u64)>; PARKED],
+    /// [`Engine::neighbours_learned`] when parked packets were last tried.
+    learned: u64,
+}
+
+/// Writes the Ethernet header in front of a packet read from the host: the MACs are the
+/// engine's to fill, the ethertype says IPv4 or IPv6 (anything else fails to parse, as it
+/// should).
+fn host_header(frame: &mut [u8]) {
+    let ethertype: u16 = match frame.get(ETHERNET_HEADER).map(|b| b >> 4) {
+        Some(4) => 0x0800,
+        Some(6) => 0x86dd,
+        _ => 0,
+    };
+    if let Some(h) = frame.get_mut(..ETHERNET_HEADER) {
+        h.fill(0);
+        h[12..].copy_from_slice(&ethertype.to_be_bytes());
+    }
 }
 
 fn index(side: Side) -> usize {
@@ -634,9 +697,25 @@ impl Driver {
             rx: RxBatch::new(slot),
             arps: vec![[0u8; FRAME_LEN]; BATCH].into_boxed_slice(),
             tx: [TxStore::new(2 * BATCH), TxStore::new(2 * BATCH)],
+            host: None,
             stats: Stats::default(),
             start: Instant::now(),
         }
+    }
+
+    /// Connects the host stack behind `tun`: packets the engine delivers are written to it,
+    /// what the host sends is read from it (see [`Engine::handle_host`]).
+    pub fn attach_host(&mut self, tun: Tun) {
+        let slot = self.rx.slot;
+        self.host = Some(Host {
+            tun,
+            slot,
+            rx: vec![0u8; slot * BATCH].into_boxed_slice(),
+            arps: vec![[0u8; FRAME_LEN]; BATCH].into_boxed_slice(),
+            parked: vec![0u8; slot * PARKED].into_boxed_slice(),
+            held: [None; PARKED],
+            learned: 0,
+        });
     }
 
     pub fn link(&self, side: Side) -> &Link {
@@ -689,12 +768,13 @@ impl Driver {
             let [lan, wan] = self.sockets.each_ref().map(|s| s.fd.as_raw_fd());
             // A negative descriptor is one `poll` skips: no inbox, nothing to wake for.
             let wake = inbox.as_deref().map_or(-1, Inbox::fd);
-            let mut fds = [lan, wan, wake].map(|fd| libc::pollfd {
+            let tun = self.host.as_ref().map_or(-1, |h| h.tun.fd());
+            let mut fds = [lan, wan, wake, tun].map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
                 revents: 0,
             });
-            // SAFETY: `fds` is an array of three valid pollfds.
+            // SAFETY: `fds` is an array of four valid pollfds.
             let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, POLL_MS) };
             if r < 0 {
                 if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
@@ -712,8 +792,145 @@ impl Driver {
                     }
                 }
             }
+            if fds[3].revents & (libc::POLLIN | libc::POLLERR) != 0 {
+                for _ in 0..ROUNDS {
+                    if self.host_batch(engine)? < BATCH {
+                        break;
+                    }
+                }
+            }
+            self.unpark(engine);
         }
         Ok(())
+    }
+
+    /// Reads up to [`BATCH`] packets from the host stack, hands each to the engine, and sends
+    /// what it says; returns how many were read. A packet whose next hop is not resolved yet
+    /// is parked, as the kernel holds packets for a neighbour being asked for: the DNS
+    /// proxy's query to its upstream is one packet and must not be lost to the first ARP.
+    fn host_batch(&mut self, engine: &mut Engine) -> Result<usize, IoError> {
+        let Some(host) = self.host.as_mut() else {
+            return Ok(0);
+        };
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mtus = self
+            .sockets
+            .each_ref()
+            .map(|s| s.link.mtu + ETHERNET_HEADER);
+        let stats = &mut self.stats;
+        let [lan_tx, wan_tx] = &mut self.tx;
+        let mut out = [lan_tx.batch(), wan_tx.batch()];
+        let (tun, slot) = (&host.tun, host.slot);
+        let mut read = 0;
+        for (frame, arp) in host.rx.chunks_mut(slot).zip(host.arps.iter_mut()) {
+            let Some(n) = frame
+                .get_mut(ETHERNET_HEADER..)
+                .map(|room| tun.read_packet(room))
+                .transpose()?
+                .flatten()
+            else {
+                break;
+            };
+            read += 1;
+            stats.from_host += 1;
+            let frame = &mut frame[..ETHERNET_HEADER + n];
+            host_header(frame);
+            let action = engine.handle_host(frame, now, arp);
+            if unresolved(&action) {
+                park(&mut host.parked, &mut host.held, slot, frame, now, stats);
+            }
+            let (frame, arp) = (freeze(frame), freeze(arp));
+            match action {
+                Action::Forward { out: to, ask } => {
+                    let o = index(to);
+                    if frame.len() > mtus[o] {
+                        stats.oversize += 1;
+                    } else {
+                        out[o].push(frame);
+                    }
+                    if ask {
+                        out[o].push(arp);
+                    }
+                }
+                Action::Reply(to) => {
+                    out[index(to)].push(arp);
+                }
+                Action::Deliver { .. } | Action::Drop(_) | Action::Discard(_) => {}
+            }
+        }
+        for (socket, batch) in self.sockets.iter().zip(out.iter_mut()) {
+            if !batch.is_empty() {
+                let sent = socket.send(batch);
+                stats.sent += sent.frames as u64;
+                stats.send_failed += sent.failed as u64;
+            }
+        }
+        Ok(read)
+    }
+
+    /// Hands parked host packets to the engine again once it has learned a MAC since they
+    /// were last tried; gives up on those parked longer than [`PARK_MS`].
+    fn unpark(&mut self, engine: &mut Engine) {
+        let Some(host) = self.host.as_mut() else {
+            return;
+        };
+        if host.held.iter().all(Option::is_none) {
+            return;
+        }
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let stats = &mut self.stats;
+        for held in host.held.iter_mut() {
+            if held.is_some_and(|(_, since)| now.saturating_sub(since) >= PARK_MS) {
+                *held = None;
+                stats.park_expired += 1;
+            }
+        }
+        let learned = engine.neighbours_learned();
+        if learned == host.learned {
+            return;
+        }
+        host.learned = learned;
+        let [lan_tx, wan_tx] = &mut self.tx;
+        let mut out = [lan_tx.batch(), wan_tx.batch()];
+        let slot = host.slot;
+        for ((frame, held), arp) in host
+            .parked
+            .chunks_mut(slot)
+            .zip(host.held.iter_mut())
+            .zip(host.arps.iter_mut())
+        {
+            let Some((len, _)) = *held else {
+                continue;
+            };
+            let Some(frame) = frame.get_mut(..len) else {
+                *held = None;
+                continue;
+            };
+            let action = engine.handle_host(frame, now, arp);
+            if !unresolved(&action) {
+                *held = None;
+            }
+            let (frame, arp) = (freeze(frame), freeze(arp));
+            match action {
+                Action::Forward { out: to, ask } => {
+                    out[index(to)].push(frame);
+                    if ask {
+                        out[index(to)].push(arp);
+                    }
+                }
+                Action::Reply(to) => {
+                    out[index(to)].push(arp);
+                }
+                Action::Deliver { .. } | Action::Drop(_) | Action::Discard(_) => {}
+            }
+        }
+        for (socket, batch) in self.sockets.iter().zip(out.iter_mut()) {
+            if !batch.is_empty() {
+                let sent = socket.send(batch);
+                stats.sent += sent.frames as u64;
+                stats.send_failed += sent.failed as u64;
+            }
+        }
     }
 
     /// Reads one batch from `side`, hands each frame to the engine, and sends what it says.
@@ -769,6 +986,17 @@ impl Driver {
                 Action::Reply(to) => {
                     out[index(to)].push(arp);
                 }
+                Action::Deliver { l3, end } => {
+                    let written = match (&self.host, frame.get(l3..end)) {
+                        (Some(host), Some(packet)) => host.tun.write_packet(packet),
+                        _ => false,
+                    };
+                    if written {
+                        stats.to_host += 1;
+                    } else {
+                        stats.host_failed += 1;
+                    }
+                }
                 Action::Drop(_) | Action::Discard(_) => {}
             }
         }
@@ -780,6 +1008,38 @@ impl Driver {
             }
         }
         Ok(n)
+    }
+}
+
+/// Whether the engine held a host packet back for want of its next hop's MAC: it asked for
+/// it now, or a moment ago.
+fn unresolved(action: &Action) -> bool {
+    matches!(
+        action,
+        Action::Reply(_) | Action::Discard(crate::core::engine::Discard::Unresolved)
+    )
+}
+
+/// Copies `frame` into a free parking slot, if there is one.
+fn park(
+    parked: &mut [u8],
+    held: &mut [Option<(usize, u64)>; PARKED],
+    slot: usize,
+    frame: &[u8],
+    now: u64,
+    stats: &mut Stats,
+) {
+    let free = held
+        .iter_mut()
+        .zip(parked.chunks_mut(slot))
+        .find(|(h, _)| h.is_none());
+    match free {
+        Some((h, room)) if frame.len() <= room.len() => {
+            room[..frame.len()].copy_from_slice(frame);
+            *h = Some((frame.len(), now));
+            stats.parked += 1;
+        }
+        _ => stats.park_expired += 1,
     }
 }
 

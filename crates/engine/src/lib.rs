@@ -13,8 +13,9 @@
 //!
 //! The `std` feature (on by default) adds only what needs the standard library: compiling a
 //! `policy::Policy` into a [`core::filter::Filter`] and a [`core::nat::NatPlan`], reading its
-//! conntrack timeouts, and (on Linux) `io`, the AF_PACKET loop that drives the engine, and
-//! `learn`, which hands the addresses the DNS proxy learns (another thread) to that loop.
+//! conntrack timeouts, and (on Linux) `io`, the AF_PACKET loop that drives the engine (with
+//! the TUN device of the host stack behind it, where the DNS proxy runs), and `learn`, which
+//! hands the addresses the DNS proxy learns (another thread) to that loop.
 
 #![no_std]
 

@@ -1,7 +1,8 @@
 //! `Engine::handle` allocates nothing: a counting allocator watches a mix of frames (ARP, new
 //! flows with SNAT and DNAT, established traffic both ways, drops of every early kind, an
-//! unresolved next hop) go through an engine whose tables were built beforehand; nor does the
-//! packet loop's look at its learned-address inbox when no batch waits.
+//! unresolved next hop, queries for the DNS proxy and the host stack's packets) go through an
+//! engine whose tables were built beforehand; nor does the packet loop's look at its
+//! learned-address inbox when no batch waits.
 //!
 //! Its own test binary, since the global allocator is per binary; counts are per thread, so
 //! the harness's other threads do not disturb them.
@@ -9,11 +10,11 @@
 #![cfg(feature = "std")]
 
 use engine::core::arp::{Own, Side, FRAME_LEN};
-use engine::core::engine::{Action, Config, Engine, Interface, Rules};
+use engine::core::engine::{Action, Config, DnsProxy, Engine, Interface, Rules};
 use smoltcp::wire::{EthernetAddress, Icmpv4Packet, Ipv4Packet, TcpPacket};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 struct Counting;
 
@@ -105,6 +106,23 @@ fn ipv4(
     f
 }
 
+fn udp(side: Side, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
+    let (to, from) = match side {
+        Side::Lan => (LAN_MAC, HOST_MAC),
+        Side::Wan => (WAN_MAC, GW_MAC),
+    };
+    let mut l4 = src.1.to_be_bytes().to_vec();
+    l4.extend_from_slice(&dst.1.to_be_bytes());
+    l4.extend_from_slice(&[0, 12, 0, 0, b'q', b'u', b'e', b'r']);
+    ipv4(to, from, src.0, dst.0, 17, &l4)
+}
+
+/// A packet from the host stack, behind the Ethernet header the driver writes (no MACs).
+fn from_host(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[..12].fill(0);
+    frame
+}
+
 fn tcp(side: Side, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Vec<u8> {
     let (to, from) = match side {
         Side::Lan => (LAN_MAC, HOST_MAC),
@@ -142,7 +160,13 @@ fn handling_frames_allocates_nothing() {
         conntrack_key: [1, 2],
         neighbour_key: [3, 4],
     };
-    let mut e = match Engine::new(Rules::compile(&policy, [5, 6]), config) {
+    let mut rules = Rules::compile(&policy, [5, 6]);
+    rules.dns = Some(DnsProxy {
+        port: 53,
+        upstreams: vec![SocketAddr::new(IpAddr::V4(GATEWAY), 53)],
+        intercept: true,
+    });
+    let mut e = match Engine::new(rules, config) {
         Ok(e) => e,
         Err(err) => panic!("{err}"),
     };
@@ -166,6 +190,9 @@ fn handling_frames_allocates_nothing() {
     echo.extend_from_slice(b"payload!");
     frames.push((Side::Lan, ipv4(LAN_MAC, HOST_MAC, host, remote, 1, &echo)));
     frames.push((Side::Lan, vec![0u8; 20]));
+    // Queries for the DNS proxy on the host stack, sent to it and intercepted.
+    frames.push((Side::Lan, udp(Side::Lan, (host, 5353), (LAN_IP, 53))));
+    frames.push((Side::Lan, udp(Side::Lan, (host, 5354), (remote, 53))));
     let mut copies: Vec<Vec<u8>> = frames.iter().map(|(_, f)| f.clone()).collect();
     let mut out = [0u8; FRAME_LEN];
     let mut actions: Vec<Action> = Vec::with_capacity(4 * frames.len());
@@ -205,6 +232,28 @@ fn handling_frames_allocates_nothing() {
     }
     let replying = allocations() - before;
 
+    // The host stack: its answers to both queries, its query upstream, and that one's answer.
+    let mut hosted: Vec<(Option<Side>, Vec<u8>)> = vec![
+        (None, from_host(udp(Side::Lan, (LAN_IP, 53), (host, 5353)))),
+        (None, from_host(udp(Side::Lan, (LAN_IP, 53), (host, 5354)))),
+        (
+            None,
+            from_host(udp(Side::Wan, (WAN_IP, 40000), (GATEWAY, 53))),
+        ),
+        (
+            Some(Side::Wan),
+            udp(Side::Wan, (GATEWAY, 53), (WAN_IP, 40000)),
+        ),
+    ];
+    let before = allocations();
+    for (side, frame) in hosted.iter_mut() {
+        actions.push(match side {
+            None => e.handle_host(frame, 2000, &mut out),
+            Some(side) => e.handle(*side, frame, 2000, &mut out),
+        });
+    }
+    let hosting = allocations() - before;
+
     // The mix did take every path meant: forwards both ways, drops, an ARP request.
     let forwarded = |out: Side| {
         actions
@@ -213,17 +262,26 @@ fn handling_frames_allocates_nothing() {
             .count()
     };
     assert_eq!(replies.len(), 200, "every web flow masqueraded");
-    // Out: the web flows and the ping; in: the port-forward and the replies.
+    // Out: the web flows, the ping and the host's query upstream; in: the port-forward, the
+    // replies and the host's two answers.
     assert_eq!(
         (forwarded(Side::Wan), forwarded(Side::Lan)),
-        (201, 201),
+        (202, 203),
         "{actions:?}"
     );
     assert!(actions.iter().any(|a| matches!(a, Action::Drop(_))));
     assert!(actions.contains(&Action::Reply(Side::Lan)));
+    let delivered = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Deliver { .. }))
+        .count();
     assert_eq!(
-        (during, replying),
-        (0, 0),
+        delivered, 3,
+        "two queries and the upstream's answer: {actions:?}"
+    );
+    assert_eq!(
+        (during, replying, hosting),
+        (0, 0, 0),
         "allocations while handling frames"
     );
 }

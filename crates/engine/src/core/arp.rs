@@ -145,6 +145,8 @@ pub struct Neighbours {
     slots: Vec<Option<Entry>>,
     sets: usize,
     key: (u64, u64),
+    /// Entries given a MAC so far (new or refreshed).
+    learned: u64,
 }
 
 impl Neighbours {
@@ -160,7 +162,15 @@ impl Neighbours {
             slots: vec![None; sets * WAYS],
             sets,
             key: (hash_key[0], hash_key[1]),
+            learned: 0,
         }
+    }
+
+    /// How many times an entry was given a MAC, new or refreshed: a value that changes
+    /// whenever a next hop may have become resolvable, for whoever holds packets back until
+    /// it is.
+    pub fn learned(&self) -> u64 {
+        self.learned
     }
 
     pub fn own(&self, side: Side) -> &Own {
@@ -306,6 +316,7 @@ impl Neighbours {
             // learning from unsolicited ARP.
             if now < e.dead_at() || for_us {
                 *e = learned;
+                self.learned += 1;
             }
             return;
         }
@@ -314,6 +325,7 @@ impl Neighbours {
         }
         if let Some(slot) = victim(set) {
             *slot = Some(learned);
+            self.learned += 1;
         }
     }
 

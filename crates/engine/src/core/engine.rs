@@ -12,9 +12,11 @@
 //!    [`TcpFlags::valid`](super::packet::TcpFlags::valid)) is `malformed_packet`, of a known
 //!    flow or not, as the kernel's conntrack calls it invalid in every state; then the
 //!    **conntrack hit**: the flow was accepted already; the packet takes its translation from
-//!    the entry and is forwarded without the filter (SPEC §3, stateful);
+//!    the entry and is forwarded without the filter (SPEC §3, stateful), or delivered to the
+//!    host stack when the flow is the host's (see below);
 //! 5. a packet that cannot start a flow ([`Opening::Invalid`]) is `malformed_packet`, as the
-//!    kernel plane counts its conntrack-invalid drops;
+//!    kernel plane counts its conntrack-invalid drops; a LAN-side query for the DNS proxy
+//!    opens its flow and is **delivered** to the host stack, before any rule ([`DnsProxy`]);
 //! 6. **DNAT**, then the **filter** on the translated tuple: the direction comes from the
 //!    sides (LAN → WAN egress, WAN → LAN ingress), or is `input` for the engine's own
 //!    addresses, which nothing but ARP answers: accepted input goes no further either. A
@@ -27,6 +29,14 @@
 //!    port, as the kernel's NAT does ([`NatPlan::rebind`]);
 //! 8. **forward**: next hop from the neighbour table (unknown → an ARP request goes out on
 //!    that side and the packet is dropped, see [`super::arp`]), NAT rewrite, MACs, TTL.
+//!
+//! **The host stack.** With a [`DnsProxy`] in its [`Rules`], the engine has a host behind it
+//! (the caller's: `io` reaches it through a TUN device) that holds the engine's own
+//! addresses and runs the proxy. [`Action::Deliver`] hands it the proxy's queries and the
+//! packets of its own flows; [`Engine::handle_host`] takes what it sends: judged as
+//! `output` (the proxy's upstream queries pass whatever the rules say, as in the kernel
+//! plane), tracked, and sent from the engine's MAC with the host's TTL. Other input to the
+//! engine's addresses still goes nowhere.
 //!
 //! Routing is what two interfaces allow: a destination on either side's link goes there, any
 //! other goes to the WAN gateway if there is one. A packet that would leave on the side it
@@ -41,14 +51,14 @@
 //! 180 ns either way (parse, table hit, route, next hop, NAT rewrite, forwarding).
 
 use super::arp::{Neighbours, Own, Resolved, Side, FRAME_LEN};
-use super::conntrack::{Conntrack, Opening, Refused, Timeouts, Tuple};
+use super::conntrack::{Conntrack, Opening, Refused, State, Timeouts, Tuple};
 use super::filter::{self, Direction, Filter, FlowKey, IfaceId, Verdict};
-use super::forward::{forward, NotForwarded};
-use super::nat::{self, NatIface, NatPlan};
+use super::forward::{address, forward, NotForwarded};
+use super::nat::{self, NatIface, NatPlan, Translation};
 use super::packet::{icmp_type, parse, proto, Ip, Payload, L4};
 use super::DropReason;
 use ::core::fmt;
-use ::core::net::{IpAddr, Ipv4Addr};
+use ::core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -64,6 +74,10 @@ pub enum Action {
     /// reply for the engine's own address, or an ARP request for a next hop whose MAC is
     /// unknown (the frame that needed it is dropped, counted as [`Discard::Unresolved`]).
     Reply(Side),
+    /// Hand the IP packet, `frame[l3..end]` (rewritten in place if translated), to the host
+    /// stack behind the engine: a query for the DNS proxy, or a reply to what the host sent
+    /// (see [`DnsProxy`] and [`Engine::handle_host`]).
+    Deliver { l3: usize, end: usize },
     /// Dropped, for one of SPEC §7's reasons.
     Drop(DropReason),
     /// Not forwarded, for a reason that is not a policy drop.
@@ -160,6 +174,32 @@ pub struct Rules {
     /// `defaults.icmp_essentials`: input echo requests and fragmentation-needed are accepted
     /// before any rule, as by the kernel plane's essentials rule (and so counted by no rule).
     pub icmp_essentials: bool,
+    /// The DNS proxy on the host stack, when the engine has one to hand queries to.
+    pub dns: Option<DnsProxy>,
+}
+
+/// The DNS proxy served by the host stack behind the engine (the caller's, reached through
+/// [`Action::Deliver`] and [`Engine::handle_host`]), and what the engine lets through for it
+/// whatever the rules say, as the kernel plane's `ward-dns-proxy`, `ward-dns-upstream` and
+/// intercept rules do (SPEC §5): LAN-side UDP and TCP queries to the engine's LAN address on
+/// `port`; with `intercept`, LAN-side port-53 traffic to any other address, redirected there;
+/// and the host's UDP and TCP to its `upstreams`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsProxy {
+    pub port: u16,
+    pub upstreams: Vec<SocketAddr>,
+    pub intercept: bool,
+}
+
+impl DnsProxy {
+    fn is_upstream(&self, dst: IpAddr, l4: &L4) -> bool {
+        match *l4 {
+            L4::Tcp { dport, .. } | L4::Udp { dport, .. } => {
+                self.upstreams.contains(&SocketAddr::new(dst, dport))
+            }
+            _ => false,
+        }
+    }
 }
 
 #[cfg(feature = "std")]
@@ -172,6 +212,7 @@ impl Rules {
             nat: NatPlan::compile(policy, nat_key),
             timeouts: policy.defaults.conntrack_timeouts.into(),
             icmp_essentials: policy.defaults.icmp_essentials,
+            dns: None,
         }
     }
 }
@@ -236,6 +277,9 @@ pub struct Totals {
     /// New flows source- and destination-translated (`ward_nat_translations_total`).
     pub snat: u64,
     pub dnat: u64,
+    /// Packets handed to the host stack, and packets from it sent on.
+    pub to_host: u64,
+    pub from_host: u64,
 }
 
 /// Index of the defaults after the rules in [`Engine::rules`] counts.
@@ -262,6 +306,7 @@ pub struct Engine {
     filter: Filter,
     nat: NatPlan,
     icmp_essentials: bool,
+    dns: Option<DnsProxy>,
     conntrack: Conntrack,
     neighbours: Neighbours,
     gateway: Option<Ipv4Addr>,
@@ -297,6 +342,7 @@ impl Engine {
             nat,
             timeouts,
             icmp_essentials,
+            dns,
         } = rules;
         let mut engine = Engine {
             conntrack: Conntrack::new(config.conntrack_capacity, timeouts, config.conntrack_key),
@@ -314,6 +360,7 @@ impl Engine {
             filter,
             nat,
             icmp_essentials,
+            dns,
             drops: [0; DropReason::ALL.len()],
             discards: [0; Discard::ALL.len()],
             totals: Totals::default(),
@@ -331,6 +378,7 @@ impl Engine {
         self.filter = rules.filter;
         self.nat = rules.nat;
         self.icmp_essentials = rules.icmp_essentials;
+        self.dns = rules.dns;
         self.conntrack.set_timeouts(rules.timeouts);
         self.resolve_names();
         self.rules = vec![Count::default(); self.filter.rule_count() + 2];
@@ -393,6 +441,10 @@ impl Engine {
                 let IpAddr::V4(dst) = to.dst else {
                     return self.drop(DropReason::MalformedPacket);
                 };
+                if self.is_own(dst) {
+                    // Only the host's flows end at the engine's own addresses.
+                    return self.deliver(frame, &ip, (to != t).then_some(&to));
+                }
                 let Some((out_side, hop)) = self.route(side, dst) else {
                     return self.discard(Discard::NoRoute);
                 };
@@ -418,6 +470,13 @@ impl Engine {
             Opening::Track(state) => tuple.map(|t| (t, state)),
             Opening::Untracked => None,
         };
+        if side == Side::Lan {
+            if let Some((t, state)) = state {
+                if let Some(to) = self.dns_query(&t) {
+                    return self.query_proxy(frame, ip, t, to, state, now);
+                }
+            }
+        }
         // Untracked packets are not translated: nothing could bring their replies back.
         let mut translation = state.map(|(t, _)| self.nat.dnat(&t));
         let dnat = translation.is_some_and(|t| !t.is_identity());
@@ -511,6 +570,162 @@ impl Engine {
         self.send(frame, ip, rewrite.as_ref(), out_side, hop, now, out)
     }
 
+    /// The tuple a LAN-side flow's first packet is handed to the host with, if it is a query
+    /// for the DNS proxy: as it is when sent to the proxy, its destination made the proxy's
+    /// when intercepted.
+    fn dns_query(&self, t: &Tuple) -> Option<Tuple> {
+        let dns = self.dns.as_ref()?;
+        if t.proto != proto::TCP && t.proto != proto::UDP {
+            return None;
+        }
+        let proxy = IpAddr::V4(self.neighbours.own(Side::Lan).ip);
+        if t.dst == proxy && t.dport == dns.port {
+            Some(*t)
+        } else if dns.intercept && t.dport == 53 {
+            Some(Tuple {
+                dst: proxy,
+                dport: dns.port,
+                ..*t
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Opens the flow of a query for the DNS proxy, whose packets then reach the host as
+    /// `to`, and hands this first one over. No rule is consulted (see [`DnsProxy`]).
+    fn query_proxy(
+        &mut self,
+        frame: &mut [u8],
+        ip: &Ip,
+        t: Tuple,
+        to: Tuple,
+        state: State,
+        now: u64,
+    ) -> Action {
+        match self.conntrack.open(t, to.reversed(), state, None, now) {
+            Ok(()) => {}
+            Err(Refused::Full) => return self.drop(DropReason::ConntrackFull),
+            Err(Refused::Clash) => return self.discard(Discard::Clash),
+        }
+        self.deliver(frame, ip, (to != t).then_some(&to))
+    }
+
+    fn deliver(&mut self, frame: &mut [u8], ip: &Ip, rewrite: Option<&Tuple>) -> Action {
+        if let Some(to) = rewrite {
+            if let Err(reason) = nat::rewrite(frame, ip, to) {
+                return self.drop(reason);
+            }
+        }
+        self.totals.to_host += 1;
+        Action::Deliver {
+            l3: ip.offsets.l3,
+            end: ip.offsets.end,
+        }
+    }
+
+    /// Decides what becomes of a packet the host stack sent: `frame` holds it behind an
+    /// Ethernet header the caller wrote (its MACs are not read, its ethertype is the
+    /// packet's). The host speaks from the engine's own addresses only (any other source is
+    /// a [`Discard::Martian`]). A packet of a known flow follows it (a reply to a DNS client
+    /// goes back translated as the query came in); a new flow is judged as `output`, except
+    /// the proxy's queries to its upstreams, which pass (see [`DnsProxy`]), and is tracked so
+    /// that its replies are delivered. Host packets are originated here, not forwarded: they
+    /// leave with the TTL the host gave them.
+    pub fn handle_host(&mut self, frame: &mut [u8], now: u64, out: &mut [u8; FRAME_LEN]) -> Action {
+        let parsed = match parse(frame) {
+            Ok(p) => p,
+            Err(reason) => return self.drop(reason),
+        };
+        let Payload::Ip(ip) = parsed.payload else {
+            return self.drop(DropReason::NonIp);
+        };
+        let (IpAddr::V4(src), IpAddr::V4(dst)) = (ip.src, ip.dst) else {
+            return self.drop(DropReason::Ipv6Unsupported);
+        };
+        if !self.is_own(src) {
+            return self.discard(Discard::Martian);
+        }
+        if let L4::Tcp { flags, .. } = ip.l4 {
+            if !flags.valid() {
+                return self.drop(DropReason::MalformedPacket);
+            }
+        }
+        let tuple = Tuple::of(&ip);
+        if let Some(t) = tuple {
+            if let Some(hit) = self.conntrack.track(&t, &ip.l4, now) {
+                let to = hit.other.reversed();
+                let IpAddr::V4(to_dst) = to.dst else {
+                    return self.drop(DropReason::MalformedPacket);
+                };
+                let Some((side, hop)) = self.next_hop(to_dst) else {
+                    return self.discard(Discard::NoRoute);
+                };
+                let rewrite = (to != t).then_some(to);
+                return self.transmit(frame, &ip, rewrite.as_ref(), side, hop, now, out, false);
+            }
+        }
+        let state = match Opening::of(&ip) {
+            Opening::Invalid => return self.drop(DropReason::MalformedPacket),
+            Opening::Track(state) => tuple.map(|t| (t, state)),
+            Opening::Untracked => None,
+        };
+        let Some((side, hop)) = self.next_hop(dst) else {
+            return self.discard(Discard::NoRoute);
+        };
+        let mut rule = None;
+        if !self
+            .dns
+            .as_ref()
+            .is_some_and(|d| d.is_upstream(ip.dst, &ip.l4))
+        {
+            let key = FlowKey {
+                direction: Direction::Output,
+                src: ip.src,
+                dst: ip.dst,
+                proto: ip.proto,
+                dport: ip.l4.dport(),
+                in_iface: IfaceId::UNLISTED,
+                out_iface: self.filter_iface[index(side)],
+                established: false,
+            };
+            let verdict = self.filter.classify(&key, now);
+            let bytes = ip.offsets.end.saturating_sub(ip.offsets.l3) as u64;
+            self.count_rule(&verdict, bytes);
+            if let Some(reason) = verdict.drop_reason() {
+                return self.drop(reason);
+            }
+            rule = verdict.rule;
+        }
+        let mut rewrite = None;
+        if let Some((t, state)) = state {
+            if self.conntrack.len() >= self.conntrack.capacity() {
+                return self.drop(DropReason::ConntrackFull);
+            }
+            let mut translation = Translation::identity(t);
+            // The host picks its ports without knowing the engine's masqueraded flows on the
+            // same address: one that a flow's reply tuple holds is moved, as the kernel's NAT
+            // moves a local connection's (see `NatPlan::rebind`).
+            if !self.nat.is_empty() && self.conntrack.holds(&translation.reply, now) {
+                if let Err(reason) = self.nat.rebind(&mut translation, &self.conntrack, now) {
+                    return self.drop(reason);
+                }
+            }
+            match self
+                .conntrack
+                .open(translation.orig, translation.reply, state, rule, now)
+            {
+                Ok(()) => {}
+                Err(Refused::Full) => return self.drop(DropReason::ConntrackFull),
+                Err(Refused::Clash) => return self.discard(Discard::Clash),
+            }
+            if !translation.is_identity() {
+                rewrite = Some(translation.onward());
+            }
+        }
+        self.transmit(frame, &ip, rewrite.as_ref(), side, hop, now, out, false)
+    }
+
     /// Resolves the next hop and sends the frame on, translated to `rewrite` if given.
     #[allow(clippy::too_many_arguments)]
     fn send(
@@ -523,8 +738,25 @@ impl Engine {
         now: u64,
         out: &mut [u8; FRAME_LEN],
     ) -> Action {
+        self.transmit(frame, ip, rewrite, out_side, hop, now, out, true)
+    }
+
+    /// [`send`](Engine::send), for a forwarded packet (`forwarded`: TTL down by one, which
+    /// must leave it above 0) or one the host originated (sent as the host wrote it).
+    #[allow(clippy::too_many_arguments)]
+    fn transmit(
+        &mut self,
+        frame: &mut [u8],
+        ip: &Ip,
+        rewrite: Option<&Tuple>,
+        out_side: Side,
+        hop: Ipv4Addr,
+        now: u64,
+        out: &mut [u8; FRAME_LEN],
+        forwarded: bool,
+    ) -> Action {
         // Before resolving, so that an expiring packet does not cost an ARP request.
-        if ip.ttl <= 1 {
+        if forwarded && ip.ttl <= 1 {
             return self.discard(Discard::TtlExceeded);
         }
         let (mac, ask) = match self.neighbours.resolve(out_side, hop, now) {
@@ -547,9 +779,19 @@ impl Engine {
                 return self.drop(reason);
             }
         }
-        match forward(frame, ip, mac, self.neighbours.own(out_side).mac) {
+        let own = self.neighbours.own(out_side).mac;
+        let written = if forwarded {
+            forward(frame, ip, mac, own)
+        } else {
+            address(frame, ip, mac, own)
+        };
+        match written {
             Ok(()) => {
-                self.totals.forwarded += 1;
+                if forwarded {
+                    self.totals.forwarded += 1;
+                } else {
+                    self.totals.from_host += 1;
+                }
                 self.totals.arp_requests += u64::from(ask);
                 Action::Forward { out: out_side, ask }
             }
@@ -560,6 +802,11 @@ impl Engine {
 
     /// The side and next hop for `dst`, for a packet that arrived on `from`.
     fn route(&self, from: Side, dst: Ipv4Addr) -> Option<(Side, Ipv4Addr)> {
+        self.next_hop(dst).filter(|(to, _)| *to == other(from))
+    }
+
+    /// The side and next hop for `dst`, from wherever.
+    fn next_hop(&self, dst: Ipv4Addr) -> Option<(Side, Ipv4Addr)> {
         let (lan, wan) = (
             self.neighbours.own(Side::Lan),
             self.neighbours.own(Side::Wan),
@@ -579,7 +826,7 @@ impl Engine {
         } else {
             (Side::Wan, self.gateway?)
         };
-        (to.0 == other(from)).then_some(to)
+        Some(to)
     }
 
     fn is_own(&self, ip: Ipv4Addr) -> bool {
@@ -684,6 +931,13 @@ impl Engine {
 
     pub fn own(&self, side: Side) -> &Own {
         self.neighbours.own(side)
+    }
+
+    /// Changes whenever the neighbour table learns a MAC (see [`Neighbours::learned`]): a
+    /// host packet that waited for its next hop ([`Action::Reply`] from
+    /// [`Engine::handle_host`]) is worth handing over again.
+    pub fn neighbours_learned(&self) -> u64 {
+        self.neighbours.learned()
     }
 }
 

@@ -1,5 +1,6 @@
 //! Forwarding one parsed IPv4 / IPv6 frame in place: the next hop's MAC as destination, the
 //! egress side's own MAC as source, TTL / hop limit down by one, the IPv4 checksum updated.
+//! [`address`] does only the MACs, for a packet the host stack behind the engine originated.
 //!
 //! A packet that arrives with a TTL (hop limit) of 0 or 1 is not forwarded (RFC 1812 §5.3.1,
 //! RFC 8200 §3): [`NotForwarded::TtlExceeded`]. The ICMP time-exceeded message RFC 1812 asks
@@ -69,6 +70,26 @@ pub fn forward(
         }
     }
     // `eth` is at least the Ethernet header: checked against `l3` above.
+    let mut eth = EthernetFrame::new_unchecked(eth);
+    eth.set_dst_addr(next_hop);
+    eth.set_src_addr(own);
+    Ok(())
+}
+
+/// Addresses `frame`, whose parse gave `ip`, to `next_hop` from the egress interface `own`,
+/// leaving its IP header alone: for a packet the engine originates for the host stack behind
+/// it, which is not forwarded, so its TTL is the host's to set.
+pub fn address(
+    frame: &mut [u8],
+    ip: &Ip,
+    next_hop: EthernetAddress,
+    own: EthernetAddress,
+) -> Result<(), NotForwarded> {
+    let l3 = ip.offsets.l3;
+    if l3 < ETHERNET_HEADER_LEN || frame.len() < ip.offsets.end {
+        return Err(NotForwarded::Mismatch);
+    }
+    let eth = frame.get_mut(..l3).ok_or(NotForwarded::Mismatch)?;
     let mut eth = EthernetFrame::new_unchecked(eth);
     eth.set_dst_addr(next_hop);
     eth.set_src_addr(own);

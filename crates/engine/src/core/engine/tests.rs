@@ -1077,3 +1077,281 @@ fn configurations_that_cannot_route_are_refused() {
         Some(ConfigError::SameInterface)
     );
 }
+
+/// Denies by default in every direction; the host may send NTP and HTTPS.
+const DNS_POLICY: &str = "
+defaults: {default_action: deny, input_action: deny, output_action: deny}
+interfaces: {lan: [lan0], wan: [wan0]}
+rules:
+  - {id: ntp-out, action: accept, direction: output, protocol: udp, destination_port: 123}
+  - {id: https-out, action: accept, direction: output, protocol: tcp, destination_port: 443}
+  - {id: web, action: accept, direction: egress, protocol: tcp, destination_port: 443}
+nat:
+  snat:
+    - {out_interface: wan0, source: 192.168.1.0/24, masquerade: true}
+";
+
+/// An engine with a DNS proxy on its host stack, asking the WAN host.
+fn engine_with_proxy(intercept: bool) -> Engine {
+    let mut r = rules(DNS_POLICY);
+    r.dns = Some(DnsProxy {
+        port: 53,
+        upstreams: alloc::vec![SocketAddr::new(IpAddr::V4(WAN_HOST), 53)],
+        intercept,
+    });
+    let mut e = match Engine::new(r, config(64, Some(GATEWAY))) {
+        Ok(e) => e,
+        Err(err) => panic!("{err}"),
+    };
+    know_neighbours(&mut e, 0);
+    e
+}
+
+/// A packet as the driver hands it over from the host stack: behind an Ethernet header with
+/// no MACs.
+fn from_host(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[..12].fill(0);
+    frame
+}
+
+fn run_host(e: &mut Engine, frame: &mut [u8], now: u64) -> (Action, [u8; FRAME_LEN]) {
+    let mut out = [0u8; FRAME_LEN];
+    let action = e.handle_host(frame, now, &mut out);
+    (action, out)
+}
+
+/// The IP packet of a frame, parsed, with its checksums verified.
+fn delivered(frame: &[u8], action: Action) -> Ip {
+    let Action::Deliver { l3, end } = action else {
+        panic!("not delivered: {action:?}");
+    };
+    assert_eq!((l3, end), (14, frame.len()), "the whole packet");
+    left(frame).2
+}
+
+#[test]
+fn queries_to_the_proxy_reach_the_host_and_its_answers_go_back_as_they_were_sent() {
+    let mut e = engine_with_proxy(false);
+    // UDP and TCP from the LAN side, to the engine's LAN address, port 53: no rule asked.
+    let mut q = udp(Side::Lan, (HOST, 40000), (LAN_IP, 53));
+    let sent = q.clone();
+    let (action, _) = run(&mut e, Side::Lan, &mut q, SEC);
+    let ip = delivered(&q, action);
+    assert_eq!(q, sent, "handed over as it came");
+    assert_eq!((ip.src, ip.dst), (IpAddr::V4(HOST), IpAddr::V4(LAN_IP)));
+    let mut syn = tcp(Side::Lan, (HOST, 40001), (LAN_IP, 53), SYN);
+    let (action, _) = run(&mut e, Side::Lan, &mut syn, SEC);
+    delivered(&syn, action);
+
+    // The answer leaves on the LAN as the host wrote it: to the client's MAC, TTL kept.
+    let mut a = from_host(udp(Side::Lan, (LAN_IP, 53), (HOST, 40000)));
+    let (action, _) = run_host(&mut e, &mut a, SEC);
+    assert_eq!(
+        action,
+        Action::Forward {
+            out: Side::Lan,
+            ask: false
+        }
+    );
+    let (dst_mac, src_mac, ip) = left(&a);
+    assert_eq!((dst_mac, src_mac, ip.ttl), (HOST_MAC, LAN_MAC, 64));
+    assert_eq!(ports(&ip), (53, 40000));
+    let mut syn_ack = from_host(tcp(Side::Lan, (LAN_IP, 53), (HOST, 40001), SYN | ACK));
+    assert_eq!(
+        run_host(&mut e, &mut syn_ack, SEC).0,
+        Action::Forward {
+            out: Side::Lan,
+            ask: false
+        }
+    );
+    // The rest of the TCP conversation follows the flow.
+    let mut ack = tcp(Side::Lan, (HOST, 40001), (LAN_IP, 53), ACK);
+    let (action, _) = run(&mut e, Side::Lan, &mut ack, SEC);
+    delivered(&ack, action);
+    let t = e.totals();
+    assert_eq!((t.to_host, t.from_host, t.forwarded), (3, 2, 0));
+    assert!(e.rule_counts().all(|r| r.count == Count::default()));
+
+    // Not from the WAN side, not to the WAN address, not another port: input, denied.
+    for (side, dst) in [
+        (Side::Wan, (LAN_IP, 53)),
+        (Side::Wan, (WAN_IP, 53)),
+        (Side::Lan, (LAN_IP, 54)),
+    ] {
+        let mut q = udp(side, (Ipv4Addr::new(198, 51, 100, 77), 40002), dst);
+        if side == Side::Lan {
+            q = udp(side, (HOST, 40002), dst);
+        }
+        assert_eq!(
+            run(&mut e, side, &mut q, SEC).0,
+            Action::Drop(DropReason::NoMatchingAllowRule),
+            "{side:?} {dst:?}"
+        );
+    }
+    // Without a proxy, the LAN address answers nothing, DNS included (the existing policy
+    // decides: input denied).
+    let mut plain = engine_with(DNS_POLICY, 64);
+    know_neighbours(&mut plain, 0);
+    let mut q = udp(Side::Lan, (HOST, 40000), (LAN_IP, 53));
+    assert_eq!(
+        run(&mut plain, Side::Lan, &mut q, SEC).0,
+        Action::Drop(DropReason::NoMatchingAllowRule)
+    );
+}
+
+#[test]
+fn intercepted_queries_reach_the_proxy_and_are_answered_from_where_they_were_sent() {
+    let mut e = engine_with_proxy(true);
+    let elsewhere = Ipv4Addr::new(9, 9, 9, 9);
+    let mut q = udp(Side::Lan, (HOST, 40000), (elsewhere, 53));
+    let (action, _) = run(&mut e, Side::Lan, &mut q, SEC);
+    let ip = delivered(&q, action);
+    assert_eq!((ip.src, ip.dst), (IpAddr::V4(HOST), IpAddr::V4(LAN_IP)));
+    assert_eq!(ports(&ip), (40000, 53));
+
+    let mut a = from_host(udp(Side::Lan, (LAN_IP, 53), (HOST, 40000)));
+    assert_eq!(
+        run_host(&mut e, &mut a, SEC).0,
+        Action::Forward {
+            out: Side::Lan,
+            ask: false
+        }
+    );
+    let ip = left(&a).2;
+    assert_eq!((ip.src, ports(&ip)), (IpAddr::V4(elsewhere), (53, 40000)));
+
+    // Without intercept, the same query is forwarded traffic, judged by the rules.
+    let mut e = engine_with_proxy(false);
+    let mut q = udp(Side::Lan, (HOST, 40000), (elsewhere, 53));
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut q, SEC).0,
+        Action::Drop(DropReason::NoMatchingAllowRule)
+    );
+}
+
+#[test]
+fn the_host_reaches_its_upstreams_and_what_output_rules_allow_and_replies_come_back() {
+    let mut e = engine_with_proxy(false);
+    // The proxy's query to its upstream passes under output deny, as the host sent it.
+    let mut q = from_host(udp(Side::Wan, (WAN_IP, 33333), (WAN_HOST, 53)));
+    assert_eq!(
+        run_host(&mut e, &mut q, SEC).0,
+        Action::Forward {
+            out: Side::Wan,
+            ask: false
+        }
+    );
+    let (dst_mac, src_mac, ip) = left(&q);
+    assert_eq!((dst_mac, src_mac, ip.ttl), (WAN_HOST_MAC, WAN_MAC, 64));
+    assert_eq!(ports(&ip), (33333, 53));
+    // Its answer is delivered; an unsolicited packet to another port is not.
+    let mut a = udp(Side::Wan, (WAN_HOST, 53), (WAN_IP, 33333));
+    let (action, _) = run(&mut e, Side::Wan, &mut a, SEC);
+    delivered(&a, action);
+    let mut stray = udp(Side::Wan, (WAN_HOST, 53), (WAN_IP, 33334));
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut stray, SEC).0,
+        Action::Drop(DropReason::NoMatchingAllowRule)
+    );
+
+    // Anything else the host sends is output, judged by the rules (off both links: through
+    // the gateway).
+    let mut ntp = from_host(udp(Side::Wan, (WAN_IP, 33335), (REMOTE, 123)));
+    assert_eq!(
+        run_host(&mut e, &mut ntp, SEC).0,
+        Action::Forward {
+            out: Side::Wan,
+            ask: false
+        }
+    );
+    assert_eq!(left(&ntp).0, GW_MAC);
+    assert_eq!(count(&e, "ntp-out"), 1);
+    let mut other = from_host(udp(Side::Wan, (WAN_IP, 33336), (REMOTE, 5000)));
+    assert_eq!(
+        run_host(&mut e, &mut other, SEC).0,
+        Action::Drop(DropReason::NoMatchingAllowRule)
+    );
+    assert_eq!(count(&e, "default-deny"), 2, "the stray and this");
+
+    // The host speaks from the engine's addresses only.
+    let mut spoofed = from_host(udp(
+        Side::Wan,
+        (Ipv4Addr::new(192, 168, 1, 77), 1),
+        (REMOTE, 123),
+    ));
+    assert_eq!(
+        run_host(&mut e, &mut spoofed, SEC).0,
+        Action::Discard(Discard::Martian)
+    );
+    // A cut-short IPv4 header, behind the header the driver writes for it.
+    let mut junk = alloc::vec![0u8; 12];
+    junk.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 10]);
+    assert_eq!(
+        run_host(&mut e, &mut junk, SEC).0,
+        Action::Drop(DropReason::MalformedPacket)
+    );
+}
+
+#[test]
+fn a_host_port_a_masqueraded_flow_holds_is_moved_and_moved_back() {
+    let mut e = engine_with_proxy(false);
+    let mut syn = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut syn, SEC).0,
+        Action::Forward { .. }
+    ));
+    let ext = ports(&left(&syn).2).0;
+    // The host happens to pick the same port towards the same server.
+    let mut clash = from_host(tcp(Side::Wan, (WAN_IP, ext), (REMOTE, 443), SYN));
+    assert!(matches!(
+        run_host(&mut e, &mut clash, SEC).0,
+        Action::Forward { out: Side::Wan, .. }
+    ));
+    let moved = ports(&left(&clash).2).0;
+    assert_ne!(moved, ext);
+    // Each reply finds its own flow: the LAN host's is forwarded, the host's delivered with
+    // its own port back.
+    let mut to_lan = tcp(Side::Wan, (REMOTE, 443), (WAN_IP, ext), SYN | ACK);
+    assert!(matches!(
+        run(&mut e, Side::Wan, &mut to_lan, SEC).0,
+        Action::Forward { out: Side::Lan, .. }
+    ));
+    let mut to_host = tcp(Side::Wan, (REMOTE, 443), (WAN_IP, moved), SYN | ACK);
+    let (action, _) = run(&mut e, Side::Wan, &mut to_host, SEC);
+    let ip = delivered(&to_host, action);
+    assert_eq!(ports(&ip), (443, ext));
+}
+
+#[test]
+fn a_host_packet_for_an_unknown_neighbour_asks_for_it_and_passes_once_it_is_known() {
+    let mut e = engine_with_proxy(false);
+    let learned = e.neighbours_learned();
+    let upstream = Ipv4Addr::new(198, 51, 100, 53);
+    let mut q = from_host(udp(Side::Wan, (WAN_IP, 33333), (upstream, 123)));
+    let held = q.clone();
+    let (action, out) = run_host(&mut e, &mut q, SEC);
+    assert_eq!(action, Action::Reply(Side::Wan), "an ARP request");
+    assert_eq!(q, held, "left as it was, to be handed over again");
+    let Payload::Arp(req) = parse(&out).expect("ARP").payload else {
+        panic!("not ARP")
+    };
+    assert_eq!((req.op, req.target_ip), (ArpOperation::Request, upstream));
+    assert_eq!(e.neighbours_learned(), learned);
+
+    let mac = EthernetAddress([0x02, 0, 0, 0, 0, 0x53]);
+    let mut answer = arp(ArpOperation::Reply, WAN_MAC, mac, upstream, WAN_IP);
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut answer, SEC).0,
+        Action::Discard(Discard::Arp)
+    );
+    assert_ne!(e.neighbours_learned(), learned);
+    assert_eq!(
+        run_host(&mut e, &mut q, SEC + 5).0,
+        Action::Forward {
+            out: Side::Wan,
+            ask: false
+        }
+    );
+    assert_eq!(left(&q).0, mac);
+    assert_eq!(count(&e, "ntp-out"), 1, "judged once");
+}
