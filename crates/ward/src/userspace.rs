@@ -5,6 +5,8 @@
 //! nothing else. The kernel must not forward in the same namespace (it would pass what the
 //! engine drops), so `ward engine` refuses to start where IPv4 forwarding is on.
 
+mod learner;
+
 use crate::commands::{self, Failure, Result};
 use engine::core::arp::{Own, Side};
 use engine::core::conntrack::DEFAULT_CAPACITY;

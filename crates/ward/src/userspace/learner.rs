@@ -1,0 +1,376 @@
+//! The DNS proxy's [`Learner`] for `ward engine`: the committer's batches of learned and
+//! evicted addresses go to the engine's packet loop through an [`engine::learn::Feed`], and a
+//! commit returns once the loop has applied them (see `engine::learn` for the hand-off, and
+//! why it is a mailbox the loop empties rather than a table both threads lock).
+//!
+//! The DNS side numbers rules by policy position, as the engine does, so an update maps onto
+//! an [`Op`] field for field; the TTL stays a duration here and becomes an expiry on the
+//! engine's clock when the loop applies it.
+
+use dns::{Learner, Update};
+use engine::learn::{Feed, Op, Refused};
+
+pub struct EngineLearner {
+    feed: Feed,
+    /// Reused for every batch.
+    ops: Vec<Op>,
+}
+
+impl EngineLearner {
+    pub fn new(feed: Feed) -> EngineLearner {
+        EngineLearner {
+            feed,
+            ops: Vec::new(),
+        }
+    }
+}
+
+impl Learner for EngineLearner {
+    type Error = Refused;
+
+    fn commit(&mut self, updates: &[Update]) -> Result<(), Refused> {
+        self.ops.clear();
+        self.ops.extend(updates.iter().map(|u| match *u {
+            Update::Add { rule, addr, ttl } => Op::Learn {
+                rule: rule.0,
+                addr,
+                ttl,
+            },
+            Update::Remove { rule, addr } => Op::Forget { rule: rule.0, addr },
+        }));
+        self.feed.commit(&self.ops)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dns::{Answer, Committer, Matcher, Names, Record, RuleIdx, Stats};
+    use engine::core::arp::{Own, Side, FRAME_LEN};
+    use engine::core::engine::{Action, Config, Engine, Interface, Rules};
+    use engine::core::DropReason;
+    use engine::learn::Inbox;
+    use smoltcp::wire::{EthernetAddress, Ipv4Packet, TcpPacket};
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::{mpsc, Arc};
+    use std::thread;
+    use std::time::Duration;
+
+    const LAN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
+    const WAN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x02]);
+    const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+    const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+    const LAN_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
+    const WAN_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+    const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+    const HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
+    const LISTED: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
+    const UNLISTED: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 6);
+
+    /// HTTPS to GitHub's names only; the name rule is not the first, so rule positions are
+    /// checked to agree between the two sides.
+    const POLICY: &str = "
+defaults: {default_action: deny}
+interfaces: {lan: [lan0], wan: [wan0]}
+rules:
+  - {id: telnet, action: deny, direction: egress, protocol: tcp, destination_port: 23}
+  - {id: github, action: accept, direction: egress, destination_fqdn: [github.com, '*.github.io'], protocol: tcp, destination_port: 443}
+nat:
+  snat:
+    - {out_interface: wan0, source: 192.168.1.0/24, masquerade: true}
+";
+
+    fn policy() -> policy::Policy {
+        match policy::parse_str(POLICY, "test.yaml") {
+            Ok(c) => c.policy,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn engine(p: &policy::Policy) -> Engine {
+        let own = |mac, ip| Own {
+            mac,
+            ip,
+            prefix_len: 24,
+        };
+        let config = Config {
+            lan: Interface {
+                name: "lan0".into(),
+                own: own(LAN_MAC, LAN_IP),
+            },
+            wan: Interface {
+                name: "wan0".into(),
+                own: own(WAN_MAC, WAN_IP),
+            },
+            gateway: Some(GATEWAY),
+            conntrack_capacity: 256,
+            neighbour_capacity: 16,
+            conntrack_key: [1, 2],
+            neighbour_key: [3, 4],
+        };
+        let mut e = match Engine::new(Rules::compile(p, [5, 6]), config) {
+            Ok(e) => e,
+            Err(err) => panic!("{err}"),
+        };
+        // The gateway asks for the engine's address, which teaches the engine its MAC.
+        let mut ask = vec![0xff; 6];
+        ask.extend_from_slice(&GW_MAC);
+        ask.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+        ask.extend_from_slice(&GW_MAC);
+        ask.extend_from_slice(&GATEWAY.octets());
+        ask.extend_from_slice(&[0; 6]);
+        ask.extend_from_slice(&WAN_IP.octets());
+        let mut out = [0u8; FRAME_LEN];
+        assert_eq!(
+            e.handle(Side::Wan, &mut ask, 0, &mut out),
+            Action::Reply(Side::Wan)
+        );
+        e
+    }
+
+    /// A SYN from the LAN host (source port `sport`: a new flow each) to `dst`:443.
+    fn syn(dst: Ipv4Addr, sport: u16) -> Vec<u8> {
+        let mut f = LAN_MAC.0.to_vec();
+        f.extend_from_slice(&HOST_MAC);
+        f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0]);
+        f.extend_from_slice(&HOST.octets());
+        f.extend_from_slice(&dst.octets());
+        f.extend_from_slice(&sport.to_be_bytes());
+        f.extend_from_slice(&443u16.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xfa, 0xf0, 0, 0, 0, 0]);
+        Ipv4Packet::new_unchecked(&mut f[14..34]).fill_checksum();
+        TcpPacket::new_unchecked(&mut f[34..]).fill_checksum(&HOST.into(), &dst.into());
+        f
+    }
+
+    enum Msg {
+        Clock(u64),
+        Syn(Ipv4Addr, u16),
+    }
+
+    /// The engine on a packet loop of its own, as `ward engine` runs it: it applies the inbox
+    /// when its descriptor wakes it, and handles frames (and clock changes) in the order sent.
+    struct Loop {
+        msgs: Option<mpsc::Sender<Msg>>,
+        actions: mpsc::Receiver<Option<Action>>,
+        thread: Option<thread::JoinHandle<()>>,
+    }
+
+    impl Loop {
+        fn start(mut engine: Engine, mut inbox: Inbox) -> Loop {
+            let (msgs, rx) = mpsc::channel::<Msg>();
+            let (tx, actions) = mpsc::channel();
+            let thread = thread::spawn(move || {
+                let mut now = 0;
+                loop {
+                    let mut fd = libc_pollfd(inbox.fd());
+                    // SAFETY: one valid pollfd.
+                    unsafe { nix::libc::poll(&mut fd, 1, 5) };
+                    inbox.apply(&mut engine, now);
+                    loop {
+                        let reply = match rx.try_recv() {
+                            Ok(Msg::Clock(t)) => {
+                                now = t;
+                                None
+                            }
+                            Ok(Msg::Syn(dst, sport)) => {
+                                let mut out = [0u8; FRAME_LEN];
+                                let mut frame = syn(dst, sport);
+                                Some(engine.handle(Side::Lan, &mut frame, now, &mut out))
+                            }
+                            Err(mpsc::TryRecvError::Empty) => break,
+                            Err(mpsc::TryRecvError::Disconnected) => return,
+                        };
+                        if tx.send(reply).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            Loop {
+                msgs: Some(msgs),
+                actions,
+                thread: Some(thread),
+            }
+        }
+
+        fn send(&self, msg: Msg) -> Option<Action> {
+            if let Some(m) = &self.msgs {
+                m.send(msg).expect("loop running");
+            }
+            self.actions.recv().expect("the loop answers")
+        }
+
+        fn clock(&self, now: u64) {
+            assert_eq!(self.send(Msg::Clock(now)), None);
+        }
+
+        /// Whether a new connection to `dst`:443 passes at engine time `now`.
+        fn passes(&self, now: u64, dst: Ipv4Addr, sport: u16) -> bool {
+            self.clock(now);
+            match self.send(Msg::Syn(dst, sport)) {
+                // Forwarded, or held while the gateway's MAC is asked for again (its entry
+                // ages out on the test's clock): either only once the filter accepted it.
+                Some(Action::Forward { out: Side::Wan, .. } | Action::Reply(Side::Wan)) => true,
+                Some(Action::Drop(DropReason::NoMatchingAllowRule)) => false,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            self.msgs = None;
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    fn libc_pollfd(fd: i32) -> nix::libc::pollfd {
+        nix::libc::pollfd {
+            fd,
+            events: nix::libc::POLLIN,
+            revents: 0,
+        }
+    }
+
+    fn add(addr: Ipv4Addr, secs: u64) -> Update {
+        Update::Add {
+            rule: RuleIdx(1),
+            addr: IpAddr::V4(addr),
+            ttl: Duration::from_secs(secs),
+        }
+    }
+
+    #[test]
+    fn updates_add_refresh_remove_and_expire_on_the_engine_clock() {
+        let p = policy();
+        let (feed, inbox) = engine::learn::channel().expect("eventfd");
+        let mut learner = EngineLearner::new(feed);
+        let lp = Loop::start(engine(&p), inbox);
+        assert!(!lp.passes(0, LISTED, 1000));
+
+        // Added at engine time 2 s, with a 30 s TTL: allowed until 32 s.
+        lp.clock(2_000);
+        learner.commit(&[add(LISTED, 30)]).expect("committed");
+        assert!(lp.passes(2_000, LISTED, 1001), "held once commit returned");
+        assert!(lp.passes(31_999, LISTED, 1002));
+        assert!(
+            !lp.passes(32_000, LISTED, 1003),
+            "expired on the engine's clock"
+        );
+        assert!(!lp.passes(2_000, UNLISTED, 1004), "only what was learned");
+
+        // The same answer again, later: the timeout starts afresh.
+        lp.clock(40_000);
+        learner.commit(&[add(LISTED, 30)]).expect("committed");
+        lp.clock(60_000);
+        learner.commit(&[add(LISTED, 30)]).expect("committed");
+        assert!(lp.passes(89_999, LISTED, 1005), "refreshed at 60 s");
+
+        // Evicted: gone at once, while its TTL would still run.
+        learner
+            .commit(&[Update::Remove {
+                rule: RuleIdx(1),
+                addr: IpAddr::V4(LISTED),
+            }])
+            .expect("committed");
+        assert!(!lp.passes(89_999, LISTED, 1006));
+
+        // A rule the engine knows by another position is refused, not silently dropped.
+        let wrong = Update::Add {
+            rule: RuleIdx(0),
+            addr: IpAddr::V4(UNLISTED),
+            ttl: Duration::from_secs(30),
+        };
+        assert_eq!(learner.commit(&[wrong]), Err(Refused::NotANameRule(0)));
+
+        drop(lp);
+        assert_eq!(learner.commit(&[add(LISTED, 30)]), Err(Refused::Stopped));
+        assert_eq!(
+            learner.commit(&[]),
+            Ok(()),
+            "an empty batch changes nothing"
+        );
+    }
+
+    /// The proxy's own committer, learning an answer for a listed name: once `learn` returns
+    /// (when the proxy would release the answer), the engine lets the name's addresses
+    /// through, CNAME chain and all, and nothing else.
+    #[test]
+    fn an_answer_the_committer_releases_is_already_allowed_by_the_engine() {
+        let p = policy();
+        let (feed, inbox) = engine::learn::channel().expect("eventfd");
+        let lp = Loop::start(engine(&p), inbox);
+        lp.clock(5_000);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let local = tokio::task::LocalSet::new();
+        let stats = Arc::new(Stats::default());
+        let (committer, task) = Committer::new(
+            &p.dns,
+            Arc::new(Matcher::from_policy(&p)),
+            stats.clone(),
+            Arc::new(Names::new(100)),
+            EngineLearner::new(feed),
+        );
+        local.spawn_local(task);
+        local.block_on(&rt, async {
+            let answer = Answer {
+                qname: "www.github.io".into(),
+                records: vec![
+                    Record::Cname {
+                        owner: "www.github.io".into(),
+                        target: "github.com".into(),
+                        ttl: 300,
+                    },
+                    Record::Addr {
+                        owner: "github.com".into(),
+                        addr: IpAddr::V4(LISTED),
+                        ttl: 60,
+                    },
+                ],
+            };
+            committer.learn(answer).await.expect("committed");
+        });
+        assert!(lp.passes(5_000, LISTED, 2000));
+        assert!(!lp.passes(5_000, UNLISTED, 2001));
+        // The chain's smallest TTL, 60 s, from when the loop applied it.
+        assert!(lp.passes(64_999, LISTED, 2002));
+        assert!(!lp.passes(65_000, LISTED, 2003));
+        assert_eq!(
+            stats
+                .commit_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+
+        // With the loop gone, the committer refuses: the proxy answers SERVFAIL.
+        drop(lp);
+        let refused = local.block_on(&rt, async {
+            committer
+                .learn(Answer {
+                    qname: "github.com".into(),
+                    records: vec![Record::Addr {
+                        owner: "github.com".into(),
+                        addr: IpAddr::V4(UNLISTED),
+                        ttl: 60,
+                    }],
+                })
+                .await
+        });
+        assert!(
+            matches!(refused, Err(dns::CommitFailed::Refused(_))),
+            "{refused:?}"
+        );
+        assert_eq!(
+            stats
+                .commit_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+}
