@@ -27,11 +27,14 @@
 //! between waits.
 //!
 //! A host stack can be attached ([`Driver::attach_host`], a [`Tun`]): packets the engine
-//! delivers are written to it, packets read from it go to [`Engine::handle_host`]. Unlike
-//! forwarded frames, a host packet whose next hop's MAC is unknown is held (up to [`PARKED`]
-//! of them, for [`PARK_MS`]) and handed over again once the engine learns a MAC: the DNS
-//! proxy's query upstream is a single datagram, and losing it to ARP would cost the client a
-//! SERVFAIL after the upstream timeout.
+//! delivers are written to it, packets read from it go to [`Engine::handle_host`].
+//!
+//! A packet whose next hop's MAC is unknown (forwarded or from the host) is held, up to
+//! [`PARKED`] of them for [`PARK_MS`], and handed to the engine again once it learns a MAC,
+//! as the kernel queues packets for a neighbour it is asking for: a connection's first SYN
+//! or the DNS proxy's single query datagram is not lost to the first ARP exchange. The engine
+//! core stays stateless about it: a parked frame is untouched (resolution comes before any
+//! rewrite), and its flow is open, so handing it over again takes the established path.
 
 use crate::core::arp::{Side, FRAME_LEN};
 use crate::core::checksum;
@@ -640,6 +643,7 @@ pub struct Driver {
     /// By side: a forward and an ARP request per received frame at most.
     tx: [TxStore; 2],
     host: Option<Host>,
+    parking: Parking,
     stats: Stats,
     start: Instant,
 }
@@ -657,12 +661,62 @@ struct Host {
     /// [`BATCH`] packets read from the host, each behind room for an Ethernet header.
     rx: Box<[u8]>,
     arps: Box<[[u8; FRAME_LEN]]>,
-    /// [`PARKED`] slots for packets whose next hop was unresolved, and which hold one: its
-    /// length and when it was parked.
-    parked: Box<[u8]>,
-    held: [Option<(usize, u64)>; PARKED],
-    /// [`Engine::neighbours_learned`] when parked packets were last tried.
+}
+
+/// Where a parked frame came from, and so how it is handed to the engine again.
+#[derive(Clone, Copy)]
+enum Origin {
+    Side(Side),
+    Host,
+}
+
+/// A parked frame: its length, when it was parked, where from.
+#[derive(Clone, Copy)]
+struct Held {
+    len: usize,
+    since: u64,
+    from: Origin,
+}
+
+/// Frames waiting for their next hop's MAC, in [`PARKED`] slots allocated once.
+struct Parking {
+    slot: usize,
+    frames: Box<[u8]>,
+    held: [Option<Held>; PARKED],
+    /// [`Engine::neighbours_learned`] when parked frames were last tried.
     learned: u64,
+}
+
+impl Parking {
+    fn new(slot: usize) -> Parking {
+        Parking {
+            slot,
+            frames: vec![0u8; slot * PARKED].into_boxed_slice(),
+            held: [None; PARKED],
+            learned: 0,
+        }
+    }
+
+    /// Copies `frame` into a free slot, if there is one.
+    fn park(&mut self, frame: &[u8], from: Origin, now: u64, stats: &mut Stats) {
+        let free = self
+            .held
+            .iter_mut()
+            .zip(self.frames.chunks_mut(self.slot))
+            .find(|(h, _)| h.is_none());
+        match free {
+            Some((h, room)) if frame.len() <= room.len() => {
+                room[..frame.len()].copy_from_slice(frame);
+                *h = Some(Held {
+                    len: frame.len(),
+                    since: now,
+                    from,
+                });
+                stats.parked += 1;
+            }
+            _ => stats.park_expired += 1,
+        }
+    }
 }
 
 /// Writes the Ethernet header in front of a packet read from the host: the MACs are the
@@ -698,6 +752,7 @@ impl Driver {
             arps: vec![[0u8; FRAME_LEN]; BATCH].into_boxed_slice(),
             tx: [TxStore::new(2 * BATCH), TxStore::new(2 * BATCH)],
             host: None,
+            parking: Parking::new(slot),
             stats: Stats::default(),
             start: Instant::now(),
         }
@@ -712,9 +767,6 @@ impl Driver {
             slot,
             rx: vec![0u8; slot * BATCH].into_boxed_slice(),
             arps: vec![[0u8; FRAME_LEN]; BATCH].into_boxed_slice(),
-            parked: vec![0u8; slot * PARKED].into_boxed_slice(),
-            held: [None; PARKED],
-            learned: 0,
         });
     }
 
@@ -806,8 +858,7 @@ impl Driver {
 
     /// Reads up to [`BATCH`] packets from the host stack, hands each to the engine, and sends
     /// what it says; returns how many were read. A packet whose next hop is not resolved yet
-    /// is parked, as the kernel holds packets for a neighbour being asked for: the DNS
-    /// proxy's query to its upstream is one packet and must not be lost to the first ARP.
+    /// is parked.
     fn host_batch(&mut self, engine: &mut Engine) -> Result<usize, IoError> {
         let Some(host) = self.host.as_mut() else {
             return Ok(0);
@@ -836,8 +887,8 @@ impl Driver {
             let frame = &mut frame[..ETHERNET_HEADER + n];
             host_header(frame);
             let action = engine.handle_host(frame, now, arp);
-            if unresolved(&action) {
-                park(&mut host.parked, &mut host.held, slot, frame, now, stats);
+            if unresolved(&action, frame) {
+                self.parking.park(frame, Origin::Host, now, stats);
             }
             let (frame, arp) = (freeze(frame), freeze(arp));
             match action {
@@ -868,60 +919,62 @@ impl Driver {
         Ok(read)
     }
 
-    /// Hands parked host packets to the engine again once it has learned a MAC since they
-    /// were last tried; gives up on those parked longer than [`PARK_MS`].
+    /// Hands parked frames to the engine again once it has learned a MAC since they were
+    /// last tried; gives up on those parked longer than [`PARK_MS`].
     fn unpark(&mut self, engine: &mut Engine) {
-        let Some(host) = self.host.as_mut() else {
-            return;
-        };
-        if host.held.iter().all(Option::is_none) {
+        let parking = &mut self.parking;
+        if parking.held.iter().all(Option::is_none) {
             return;
         }
         let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let stats = &mut self.stats;
-        for held in host.held.iter_mut() {
-            if held.is_some_and(|(_, since)| now.saturating_sub(since) >= PARK_MS) {
+        for held in parking.held.iter_mut() {
+            if held.is_some_and(|h| now.saturating_sub(h.since) >= PARK_MS) {
                 *held = None;
                 stats.park_expired += 1;
             }
         }
         let learned = engine.neighbours_learned();
-        if learned == host.learned {
+        if learned == parking.learned {
             return;
         }
-        host.learned = learned;
+        parking.learned = learned;
         let [lan_tx, wan_tx] = &mut self.tx;
         let mut out = [lan_tx.batch(), wan_tx.batch()];
-        let slot = host.slot;
-        for ((frame, held), arp) in host
-            .parked
-            .chunks_mut(slot)
-            .zip(host.held.iter_mut())
-            .zip(host.arps.iter_mut())
+        for ((frame, held), arp) in parking
+            .frames
+            .chunks_mut(parking.slot)
+            .zip(parking.held.iter_mut())
+            .zip(self.arps.iter_mut())
         {
-            let Some((len, _)) = *held else {
+            let Some(h) = *held else {
                 continue;
             };
-            let Some(frame) = frame.get_mut(..len) else {
+            let Some(frame) = frame.get_mut(..h.len) else {
                 *held = None;
                 continue;
             };
-            let action = engine.handle_host(frame, now, arp);
-            if !unresolved(&action) {
+            let action = match h.from {
+                Origin::Side(side) => engine.handle(side, frame, now, arp),
+                Origin::Host => engine.handle_host(frame, now, arp),
+            };
+            if !unresolved(&action, frame) {
                 *held = None;
             }
-            let (frame, arp) = (freeze(frame), freeze(arp));
             match action {
                 Action::Forward { out: to, ask } => {
-                    out[index(to)].push(frame);
+                    out[index(to)].push(freeze(frame));
                     if ask {
-                        out[index(to)].push(arp);
+                        out[index(to)].push(freeze(arp));
                     }
                 }
                 Action::Reply(to) => {
-                    out[index(to)].push(arp);
+                    out[index(to)].push(freeze(arp));
                 }
-                Action::Deliver { .. } | Action::Drop(_) | Action::Discard(_) => {}
+                Action::Deliver { l3, end } => {
+                    deliver(self.host.as_ref(), frame.get(l3..end), stats);
+                }
+                Action::Drop(_) | Action::Discard(_) => {}
             }
         }
         for (socket, batch) in self.sockets.iter().zip(out.iter_mut()) {
@@ -970,6 +1023,9 @@ impl Driver {
                 }
             }
             let action = engine.handle(side, frame, now, arp);
+            if unresolved(&action, frame) {
+                self.parking.park(frame, Origin::Side(side), now, stats);
+            }
             let (frame, arp) = (freeze(frame), freeze(arp));
             match action {
                 Action::Forward { out: to, ask } => {
@@ -987,15 +1043,7 @@ impl Driver {
                     out[index(to)].push(arp);
                 }
                 Action::Deliver { l3, end } => {
-                    let written = match (&self.host, frame.get(l3..end)) {
-                        (Some(host), Some(packet)) => host.tun.write_packet(packet),
-                        _ => false,
-                    };
-                    if written {
-                        stats.to_host += 1;
-                    } else {
-                        stats.host_failed += 1;
-                    }
+                    deliver(self.host.as_ref(), frame.get(l3..end), stats);
                 }
                 Action::Drop(_) | Action::Discard(_) => {}
             }
@@ -1011,35 +1059,27 @@ impl Driver {
     }
 }
 
-/// Whether the engine held a host packet back for want of its next hop's MAC: it asked for
-/// it now, or a moment ago.
-fn unresolved(action: &Action) -> bool {
-    matches!(
-        action,
-        Action::Reply(_) | Action::Discard(crate::core::engine::Discard::Unresolved)
-    )
+/// Whether the engine held `frame` back for want of its next hop's MAC: it asked for it now
+/// (a [`Action::Reply`] to a frame that is not itself ARP is that request), or a moment ago.
+fn unresolved(action: &Action, frame: &[u8]) -> bool {
+    const ARP: [u8; 2] = [0x08, 0x06];
+    match action {
+        Action::Reply(_) => frame.get(12..14) != Some(&ARP[..]),
+        Action::Discard(crate::core::engine::Discard::Unresolved) => true,
+        _ => false,
+    }
 }
 
-/// Copies `frame` into a free parking slot, if there is one.
-fn park(
-    parked: &mut [u8],
-    held: &mut [Option<(usize, u64)>; PARKED],
-    slot: usize,
-    frame: &[u8],
-    now: u64,
-    stats: &mut Stats,
-) {
-    let free = held
-        .iter_mut()
-        .zip(parked.chunks_mut(slot))
-        .find(|(h, _)| h.is_none());
-    match free {
-        Some((h, room)) if frame.len() <= room.len() => {
-            room[..frame.len()].copy_from_slice(frame);
-            *h = Some((frame.len(), now));
-            stats.parked += 1;
-        }
-        _ => stats.park_expired += 1,
+/// Writes a packet the engine delivers to the host stack, if there is one.
+fn deliver(host: Option<&Host>, packet: Option<&[u8]>, stats: &mut Stats) {
+    let written = match (host, packet) {
+        (Some(host), Some(packet)) => host.tun.write_packet(packet),
+        _ => false,
+    };
+    if written {
+        stats.to_host += 1;
+    } else {
+        stats.host_failed += 1;
     }
 }
 

@@ -1,10 +1,12 @@
 //! `ward engine`: the policy enforced by ward's own data plane (the `engine` crate) forwarding
 //! raw frames between a LAN and a WAN interface, until SIGTERM or SIGINT; then its counters.
 //!
-//! The engine owns the addresses given on the command line: it answers ARP for them and
-//! nothing else. The kernel must not forward in the same namespace (it would pass what the
-//! engine drops), so `ward engine` refuses to start where IPv4 forwarding is on.
+//! The engine owns the addresses given on the command line: it answers ARP for them, and
+//! with name rules it serves the DNS proxy on them from a host stack of its own (see `host`).
+//! The kernel must not forward in the same namespace (it would pass what the engine drops),
+//! so `ward engine` refuses to start where IPv4 forwarding is on.
 
+mod host;
 mod learner;
 
 use crate::commands::{self, Failure, Result};
@@ -71,18 +73,7 @@ pub fn run(a: &EngineArgs) -> Result {
     let loaded = commands::load(&a.file)?;
     let policy = &loaded.checked.policy;
     forwarding_is_off()?;
-    let by_name: Vec<&str> = policy
-        .rules
-        .iter()
-        .filter(|r| !r.destination_fqdn.is_empty())
-        .map(|r| r.id.as_str())
-        .collect();
-    if !by_name.is_empty() {
-        eprintln!(
-            "warning: ward engine runs no DNS proxy yet, so these destination_fqdn rules match nothing: {}",
-            by_name.join(", ")
-        );
-    }
+    let dns = host::Plan::of(policy, &a.lan, a.lan_addr.0)?;
     for snat in &policy.nat.snat {
         if snat.out_interface != a.wan && snat.out_interface != a.lan {
             eprintln!(
@@ -116,10 +107,39 @@ pub fn run(a: &EngineArgs) -> Result {
         conntrack_key: key(),
         neighbour_key: key(),
     };
-    let mut engine = Engine::new(Rules::compile(policy, key()), config)
+    let mut rules = Rules::compile(policy, key());
+    rules.dns = dns.as_ref().map(host::Plan::for_engine);
+    let mut engine = Engine::new(rules, config)
         .map_err(|e| Failure(format!("error: {e}\nthe engine did not start.")))?;
     let stop = io::stop_on_signals().map_err(io_failure)?;
     let mut driver = Driver::new(lan, wan);
+    let (feed, mut inbox) = engine::learn::channel().map_err(io_failure)?;
+    let host = match &dns {
+        Some(plan) => {
+            let (host, tun) =
+                host::Host::start(policy, plan, [a.wan_addr, a.lan_addr], feed, stop)?;
+            driver.attach_host(tun);
+            println!(
+                "serving DNS on {} (UDP and TCP), forwarding to {}{}",
+                plan.listen,
+                plan.upstreams
+                    .iter()
+                    .map(|u| u.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if plan.intercept {
+                    "; LAN queries to other resolvers are redirected here"
+                } else {
+                    ""
+                }
+            );
+            Some(host)
+        }
+        None => {
+            drop(feed);
+            None
+        }
+    };
     println!(
         "ward engine: ready; forwarding between {} ({}/{}) and {} ({}/{}){}, policy sha256 {}; SIGTERM or Ctrl-C stops",
         a.lan,
@@ -133,9 +153,20 @@ pub fn run(a: &EngineArgs) -> Result {
             .unwrap_or_default(),
         loaded.sha256
     );
-    let result = driver.run(&mut engine, stop);
+    let result = driver.run_learning(&mut engine, stop, &mut inbox);
+    // The proxy stops with the loop, however it ended.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let dns_stats = host.map(host::Host::join);
     // Counters go out however the loop ended: they say what was enforced until then.
     print!("{}", report(&engine, &driver));
+    if let Some(stats) = dns_stats {
+        let fields: Vec<String> = stats
+            .snapshot()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("dns {}", fields.join(" "));
+    }
     result.map_err(|e| Failure(format!("error: {e}\nthe engine stopped.")))
 }
 

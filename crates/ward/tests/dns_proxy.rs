@@ -1,7 +1,9 @@
-//! `ward run` with `destination_fqdn` rules, on real traffic: the LAN host resolves through
+//! `destination_fqdn` rules on real traffic, on both data planes: the LAN host resolves through
 //! ward's proxy (a real authoritative server upstream, in the WAN namespace), then connects.
-//! Every policy denies by default in all three directions, so the proxy's own traffic passes
-//! only through the plumbing ward compiles for it.
+//! On the kernel plane the proxy is `ward run`'s and learns into nftables sets; on the engine
+//! it runs on `ward engine`'s host stack and learns into the engine's tables. Every policy
+//! denies by default in all three directions, so the proxy's own traffic passes only through
+//! the plumbing ward provides for it.
 
 mod common;
 
@@ -11,7 +13,35 @@ use hickory_proto::rr::RecordType;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
-use testlab::{answer_addrs, dns_exchange, dns_query, edns, Transport, Zone};
+use testlab::{answer_addrs, dns_exchange, dns_query, edns, Firewall, Transport, Zone};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plane {
+    Kernel,
+    Engine,
+}
+
+/// A lab for `plane`: on the engine's, the firewall's kernel neither owns its addresses nor
+/// forwards.
+fn lab_on(plane: Plane) -> Lab {
+    match plane {
+        Plane::Kernel => lab(),
+        Plane::Engine => {
+            Lab::up_with(LabSpec::unique("wd"), Firewall::Userspace).unwrap_or_else(|e| {
+                panic!("cannot build the namespace lab (tests need root, netns, veth): {e}")
+            })
+        }
+    }
+}
+
+/// `ward run`, or `ward engine` with the WAN host as its gateway (as the kernel lab's
+/// firewall routes through it).
+fn start(plane: Plane, lab: &Lab, yaml: &str) -> WardRun {
+    match plane {
+        Plane::Kernel => WardRun::start(lab, yaml),
+        Plane::Engine => WardRun::engine(lab, yaml, &["--gateway", &addr::WAN_HOST.to_string()]),
+    }
+}
 
 /// A gateway policy with the upstream in the WAN namespace and the given extra settings.
 fn policy(dns: &str, rules: &str) -> String {
@@ -29,12 +59,12 @@ fn connect(lab: &Lab, dst: IpAddr) -> Probe {
     tcp(&lab.lan(), &lab.wan(), dst, 80)
 }
 
-#[test]
-fn resolve_then_connect_and_never_resolved_stays_blocked() {
-    let lab = lab();
+fn resolve_then_connect_and_never_resolved_stays_blocked(plane: Plane) {
+    let lab = lab_on(plane);
     let dns = lab.wan().dns_server(Zone::standard()).expect("upstream");
     wan_owns(&lab, &[21]);
-    let ward = WardRun::start(
+    let ward = start(
+        plane,
         &lab,
         &policy(
             "",
@@ -56,11 +86,13 @@ fn resolve_then_connect_and_never_resolved_stays_blocked() {
         "the learned address on a port the rule does not allow",
     );
 
-    // AAAA learns into the IPv6 set.
+    // AAAA learns into the IPv6 set (the engine forwards IPv4 only, but answers alike).
     let m = ask(&lab, PROXY, "v6.test.", RecordType::AAAA, Transport::Udp);
     let v6 = IpAddr::V6(addr::WAN_HOST6);
     assert_eq!(answer_addrs(&m), vec![v6]);
-    assert_pass(&connect(&lab, v6), "v6.test's address once resolved");
+    if plane == Plane::Kernel {
+        assert_pass(&connect(&lab, v6), "v6.test's address once resolved");
+    }
 
     // Over TCP too, and the Client Subnet a client sends never reaches the upstream.
     let mut e = edns(1232);
@@ -97,12 +129,12 @@ fn resolve_then_connect_and_never_resolved_stays_blocked() {
     lab.down().unwrap();
 }
 
-#[test]
-fn wildcard_depth_subtree_and_cname_chain() {
-    let lab = lab();
+fn wildcard_depth_subtree_and_cname_chain(plane: Plane) {
+    let lab = lab_on(plane);
     let _dns = lab.wan().dns_server(Zone::standard()).expect("upstream");
     wan_owns(&lab, &[22, 30, 31, 32, 40, 41, 42, 43]);
-    let ward = WardRun::start(
+    let ward = start(
+        plane,
         &lab,
         &policy(
             "",
@@ -139,12 +171,12 @@ fn wildcard_depth_subtree_and_cname_chain() {
     lab.down().unwrap();
 }
 
-#[test]
-fn expiry_blocks_new_connections_but_not_established_ones() {
-    let lab = lab();
+fn expiry_blocks_new_connections_but_not_established_ones(plane: Plane) {
+    let lab = lab_on(plane);
     let _dns = lab.wan().dns_server(Zone::standard()).expect("upstream");
     wan_owns(&lab, &[21]);
-    let ward = WardRun::start(
+    let ward = start(
+        plane,
         &lab,
         &policy(
             "",
@@ -180,10 +212,9 @@ fn expiry_blocks_new_connections_but_not_established_ones() {
     lab.down().unwrap();
 }
 
-#[test]
-fn a_thousand_rounds_of_resolve_then_connect_immediately() {
+fn a_thousand_rounds_of_resolve_then_connect_immediately(plane: Plane) {
     const ROUNDS: u32 = 1000;
-    let lab = lab();
+    let lab = lab_on(plane);
     // Every round a name never seen before with an address never allowed before: 10.77.x.y,
     // all of them local to the WAN host (AnyIP), routed there by the firewall.
     let zone = (0..ROUNDS).fold(Zone::new("race.test."), |z, i| {
@@ -193,14 +224,18 @@ fn a_thousand_rounds_of_resolve_then_connect_immediately() {
     lab.wan()
         .ip(&["route", "add", "local", "10.77.0.0/16", "dev", "lo"])
         .expect("AnyIP on the WAN host");
-    lab.fw()
-        .ip(&["route", "add", "10.77.0.0/16", "via", "198.51.100.20"])
-        .expect("route to the WAN host's extra range");
+    if plane == Plane::Kernel {
+        // The engine sends it to its gateway, the WAN host.
+        lab.fw()
+            .ip(&["route", "add", "10.77.0.0/16", "via", "198.51.100.20"])
+            .expect("route to the WAN host's extra range");
+    }
     let _srv = lab
         .wan()
         .tcp_server(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 80))
         .expect("server");
-    let ward = WardRun::start(
+    let ward = start(
+        plane,
         &lab,
         &policy(
             "",
@@ -248,12 +283,12 @@ fn round_addr(i: u32) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, (i / 250) as u8, (i % 250 + 1) as u8)
 }
 
-#[test]
-fn truncated_answers_are_fetched_over_tcp() {
-    let lab = lab();
+fn truncated_answers_are_fetched_over_tcp(plane: Plane) {
+    let lab = lab_on(plane);
     let _dns = lab.wan().dns_server(Zone::standard()).expect("upstream");
     wan_owns(&lab, &[139]);
-    let ward = WardRun::start(
+    let ward = start(
+        plane,
         &lab,
         &policy(
             "",
@@ -291,11 +326,11 @@ fn truncated_answers_are_fetched_over_tcp() {
     lab.down().unwrap();
 }
 
-#[test]
-fn rate_limit_and_unlisted_nxdomain() {
-    let lab = lab();
+fn rate_limit_and_unlisted_nxdomain(plane: Plane) {
+    let lab = lab_on(plane);
     let dns = lab.wan().dns_server(Zone::standard()).expect("upstream");
-    let ward = WardRun::start(
+    let ward = start(
+        plane,
         &lab,
         &policy(
             "  unlisted: nxdomain\n",
@@ -340,11 +375,11 @@ fn rate_limit_and_unlisted_nxdomain() {
     lab.down().unwrap();
 }
 
-#[test]
-fn queries_to_other_resolvers_are_intercepted() {
-    let lab = lab();
+fn queries_to_other_resolvers_are_intercepted(plane: Plane) {
+    let lab = lab_on(plane);
     let _dns = lab.wan().dns_server(Zone::standard()).expect("upstream");
-    let ward = WardRun::start(
+    let ward = start(
+        plane,
         &lab,
         &policy(
             "",
@@ -365,9 +400,8 @@ fn queries_to_other_resolvers_are_intercepted() {
     lab.down().unwrap();
 }
 
-#[test]
-fn upstream_failover_and_commit_failure() {
-    let lab = lab();
+fn upstream_failover_and_commit_failure(plane: Plane) {
+    let lab = lab_on(plane);
     let _dns = lab.wan().dns_server(Zone::standard()).expect("upstream");
     // The first upstream has no server: ward waits it out, then asks the second.
     let yaml = policy(
@@ -375,9 +409,16 @@ fn upstream_failover_and_commit_failure() {
         "  - {id: web-ok, direction: egress, destination_fqdn: ok.test, protocol: tcp, destination_port: 80, action: accept}\n",
     )
     .replace("upstream_dns: 198.51.100.20", "upstream_dns: [198.51.100.99, 198.51.100.20]");
-    let ward = WardRun::start(&lab, &yaml);
+    let ward = start(plane, &lab, &yaml);
     assert_eq!(resolve(&lab, "ok.test."), vec![wan(20)]);
     assert_pass(&connect(&lab, wan(20)), "learned via the second upstream");
+    if plane == Plane::Engine {
+        // The engine's tables cannot be taken away from under it.
+        let out = ward.stop();
+        assert!(out.contains("upstream_failures=1"), "{out}");
+        lab.down().unwrap();
+        return;
+    }
 
     // With ward's table gone, nothing can be committed: the client gets SERVFAIL, never an
     // answer whose addresses are not allowed.
@@ -395,16 +436,15 @@ fn upstream_failover_and_commit_failure() {
     lab.down().unwrap();
 }
 
-#[test]
-fn kill_9_keeps_default_deny_and_a_restart_recovers() {
-    let lab = lab();
+fn kill_9_keeps_default_deny_and_a_restart_recovers(plane: Plane) {
+    let lab = lab_on(plane);
     let _dns = lab.wan().dns_server(Zone::standard()).expect("upstream");
     wan_owns(&lab, &[21]);
     let yaml = policy(
         "",
         "  - {id: web, direction: egress, destination_fqdn: [ok.test, short.test], protocol: tcp, destination_port: 80, action: accept}\n",
     );
-    let ward = WardRun::start(&lab, &yaml);
+    let ward = start(plane, &lab, &yaml);
     assert_eq!(resolve(&lab, "ok.test."), vec![wan(20)]);
     assert_pass(&connect(&lab, wan(20)), "resolved while ward runs");
     ward.kill9();
@@ -425,19 +465,21 @@ fn kill_9_keeps_default_deny_and_a_restart_recovers() {
         "still blocked after a failed query",
     );
 
-    let ward = WardRun::start(&lab, &yaml);
+    let ward = start(plane, &lab, &yaml);
     assert_eq!(resolve(&lab, "short.test."), vec![wan(21)]);
     assert_pass(&connect(&lab, wan(21)), "the restarted proxy learns again");
     ward.stop();
     lab.down().unwrap();
 }
 
+/// Kernel plane only: `ward apply` beside `ward run`.
 #[test]
 fn a_re_apply_keeps_what_unchanged_name_rules_learned() {
-    let lab = lab();
+    let plane = Plane::Kernel;
+    let lab = lab_on(plane);
     let _dns = lab.wan().dns_server(Zone::standard()).expect("upstream");
     let rule = "  - {id: web, direction: egress, destination_fqdn: [ok.test], protocol: tcp, destination_port: 80, action: accept}\n";
-    let ward = WardRun::start(&lab, &policy("", rule));
+    let ward = start(plane, &lab, &policy("", rule));
     assert_eq!(resolve(&lab, "ok.test."), vec![wan(20)]);
     assert_pass(&connect(&lab, wan(20)), "resolved while ward runs");
 
@@ -454,3 +496,27 @@ fn a_re_apply_keeps_what_unchanged_name_rules_learned() {
     ward.stop();
     lab.down().unwrap();
 }
+
+/// One test per plane for each of the above.
+macro_rules! on_both_planes {
+    ($($name:ident),* $(,)?) => {
+        mod kernel {
+            $(#[test] fn $name() { super::$name(super::Plane::Kernel) })*
+        }
+        mod engine {
+            $(#[test] fn $name() { super::$name(super::Plane::Engine) })*
+        }
+    };
+}
+
+on_both_planes!(
+    resolve_then_connect_and_never_resolved_stays_blocked,
+    wildcard_depth_subtree_and_cname_chain,
+    expiry_blocks_new_connections_but_not_established_ones,
+    a_thousand_rounds_of_resolve_then_connect_immediately,
+    truncated_answers_are_fetched_over_tcp,
+    rate_limit_and_unlisted_nxdomain,
+    queries_to_other_resolvers_are_intercepted,
+    upstream_failover_and_commit_failure,
+    kill_9_keeps_default_deny_and_a_restart_recovers,
+);

@@ -196,13 +196,15 @@ fn the_engine_refuses_what_it_cannot_enforce() {
         assert!(text(&o).contains(why), "{why}: {}", text(&o));
         assert!(text(&o).contains("did not start"), "{}", text(&o));
     }
-    // Name rules are honoured by the DNS proxy, which the engine does not run yet: said so.
+    // The engine's DNS proxy serves on the engine's LAN address: a listen address elsewhere
+    // is refused.
     let named = PolicyFile::new(
-        "rules:\n  - {id: by-name, action: accept, direction: egress, destination_fqdn: [example.com]}\n",
+        "defaults: {upstream_dns: 198.51.100.20}\ndns: {listen: ['10.9.9.9:53']}\nrules:\n  - {id: by-name, action: accept, direction: egress, destination_fqdn: [example.com]}\n",
     );
-    let o = run_engine(&named, lab.fw().name(), &[("--gateway", "10.0.0.1")]);
+    let o = run_engine(&named, lab.fw().name(), &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
-        text(&o).contains("destination_fqdn rules match nothing: by-name"),
+        text(&o).contains("dns.listen names 10.9.9.9:53, but ward engine's DNS proxy listens on the engine's LAN address (192.168.50.1) only"),
         "{}",
         text(&o)
     );
