@@ -13,11 +13,10 @@
 //! on-link, and the other side's hosts must not be able to claim this side's addresses.
 //!
 //! An unknown next hop: [`Neighbours::resolve`] says to send an ARP request (built by
-//! [`Neighbours::request`]), at most one per address per [`RETRY_MS`], and the packet that
-//! needed it is **dropped**, not queued. A queue would hold frame buffers per unresolved
-//! address that anyone able to send to unknown addresses could fill; the sender's
-//! retransmission finds the neighbour known a moment later (Linux queues three packets; fast
-//! paths such as VPP drop).
+//! [`Neighbours::request`]), at most one per address per [`RETRY_MS`], and the core keeps
+//! nothing of the packet that needed it. Holding such packets is the I/O loop's business
+//! (`engine::io` parks a fixed few, as Linux queues a few per neighbour): a queue per
+//! unresolved address is what anyone able to send to unknown addresses could fill.
 //!
 //! The table is set-associative: an address hashes (SipHash-1-3, keyed by the caller like the
 //! connection table) to one set of [`WAYS`] entries, and a new entry replaces an empty or dead
@@ -147,6 +146,10 @@ pub struct Neighbours {
     key: (u64, u64),
     /// Entries given a MAC so far (new or refreshed).
     learned: u64,
+    /// By side, the next hop last resolved to a fresh MAC and its slot: most packets go to
+    /// the same one (the gateway), and this finds it without hashing. Checked against the
+    /// slot before use, so a stale hint only costs the hashed lookup.
+    recent: [Option<(Ipv4Addr, usize)>; 2],
 }
 
 impl Neighbours {
@@ -163,6 +166,7 @@ impl Neighbours {
             sets,
             key: (hash_key[0], hash_key[1]),
             learned: 0,
+            recent: [None; 2],
         }
     }
 
@@ -240,18 +244,29 @@ impl Neighbours {
         if !self.own(side).on_link(ip) {
             return Resolved::OffLink;
         }
+        if let Some((hint, at)) = self.recent[side as usize] {
+            if let (true, Some(Some(e))) = (hint == ip, self.slots.get(at)) {
+                if let (true, Some(mac)) = (e.side == side && e.ip == ip && now < e.until, e.mac) {
+                    return Resolved::Mac(mac);
+                }
+            }
+        }
         let set = self.set(side, ip);
+        let first = set.start;
         let Some(set) = self.slots.get_mut(set) else {
             // Cannot happen (`set` lies inside by construction); dropping is the safe answer.
             return Resolved::Wait;
         };
-        if let Some(e) = set
-            .iter_mut()
-            .flatten()
-            .find(|e| e.side == side && e.ip == ip)
-        {
+        if let Some((way, e)) = set.iter_mut().enumerate().find_map(|(w, s)| {
+            s.as_mut()
+                .filter(|e| e.side == side && e.ip == ip)
+                .map(|e| (w, e))
+        }) {
             match e.mac {
-                Some(mac) if now < e.until => return Resolved::Mac(mac),
+                Some(mac) if now < e.until => {
+                    self.recent[side as usize] = Some((ip, first + way));
+                    return Resolved::Mac(mac);
+                }
                 Some(mac) if now < e.dead_at() => {
                     if e.may_ask(now) {
                         e.asked = Some(now);
