@@ -36,7 +36,7 @@ complete -c ward -n "__fish_ward_needs_command" -f -a "confirm" -d 'Keep the pol
 complete -c ward -n "__fish_ward_needs_command" -f -a "rollback" -d 'Restore the table as it was before the last apply'
 complete -c ward -n "__fish_ward_needs_command" -f -a "revert-timer" -d 'Started by `apply --confirm-within`: restores the snapshot at the deadline unless the apply was confirmed'
 complete -c ward -n "__fish_ward_needs_command" -f -a "run" -d 'Apply the policy, then serve its DNS proxy until stopped (the policy stays enforced)'
-complete -c ward -n "__fish_ward_needs_command" -f -a "engine" -d 'Enforce the policy with ward\'s own data plane, forwarding raw frames between a LAN and a WAN interface (AF_PACKET), until stopped; then print its counters'
+complete -c ward -n "__fish_ward_needs_command" -f -a "engine" -d 'Enforce the policy with ward\'s own data plane, forwarding raw frames between a LAN and a WAN interface (AF_PACKET), until stopped; then print its counters (served meanwhile as Prometheus metrics with --metrics)'
 complete -c ward -n "__fish_ward_needs_command" -f -a "remove" -d 'Delete ward\'s table (and nothing else)'
 complete -c ward -n "__fish_ward_needs_command" -f -a "status" -d 'What is installed: policy hash, time applied, per-rule counters'
 complete -c ward -n "__fish_ward_needs_command" -f -a "explain" -d 'Which rule decides a packet, and why'
@@ -87,6 +87,7 @@ complete -c ward -n "__fish_ward_using_subcommand engine" -l wan-addr -d 'The en
 complete -c ward -n "__fish_ward_using_subcommand engine" -l gateway -d 'Next hop for destinations off both links (on the WAN side)' -r
 complete -c ward -n "__fish_ward_using_subcommand engine" -l netns -d 'Run inside this named network namespace' -r
 complete -c ward -n "__fish_ward_using_subcommand engine" -l conntrack-capacity -d 'Connections tracked at most; new ones beyond are dropped (conntrack_full)' -r
+complete -c ward -n "__fish_ward_using_subcommand engine" -l metrics -d 'Serve Prometheus metrics on this address (e.g. 127.0.0.1:9580), in the namespace the engine runs in; off by default' -r
 complete -c ward -n "__fish_ward_using_subcommand engine" -l table -d 'Name of the one nftables table ward owns (family inet)' -r
 complete -c ward -n "__fish_ward_using_subcommand engine" -l state-dir -d 'Where snapshots, pending confirmations and the audit log are kept' -r -F
 complete -c ward -n "__fish_ward_using_subcommand engine" -s h -l help -d 'Print help'
@@ -170,7 +171,7 @@ complete -c ward -n "__fish_ward_using_subcommand help; and not __fish_seen_subc
 complete -c ward -n "__fish_ward_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback revert-timer run engine remove status explain generate lab help" -f -a "rollback" -d 'Restore the table as it was before the last apply'
 complete -c ward -n "__fish_ward_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback revert-timer run engine remove status explain generate lab help" -f -a "revert-timer" -d 'Started by `apply --confirm-within`: restores the snapshot at the deadline unless the apply was confirmed'
 complete -c ward -n "__fish_ward_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback revert-timer run engine remove status explain generate lab help" -f -a "run" -d 'Apply the policy, then serve its DNS proxy until stopped (the policy stays enforced)'
-complete -c ward -n "__fish_ward_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback revert-timer run engine remove status explain generate lab help" -f -a "engine" -d 'Enforce the policy with ward\'s own data plane, forwarding raw frames between a LAN and a WAN interface (AF_PACKET), until stopped; then print its counters'
+complete -c ward -n "__fish_ward_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback revert-timer run engine remove status explain generate lab help" -f -a "engine" -d 'Enforce the policy with ward\'s own data plane, forwarding raw frames between a LAN and a WAN interface (AF_PACKET), until stopped; then print its counters (served meanwhile as Prometheus metrics with --metrics)'
 complete -c ward -n "__fish_ward_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback revert-timer run engine remove status explain generate lab help" -f -a "remove" -d 'Delete ward\'s table (and nothing else)'
 complete -c ward -n "__fish_ward_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback revert-timer run engine remove status explain generate lab help" -f -a "status" -d 'What is installed: policy hash, time applied, per-rule counters'
 complete -c ward -n "__fish_ward_using_subcommand help; and not __fish_seen_subcommand_from check compile plan apply confirm rollback revert-timer run engine remove status explain generate lab help" -f -a "explain" -d 'Which rule decides a packet, and why'

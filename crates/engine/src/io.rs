@@ -24,7 +24,8 @@
 //! connection table is swept every [`SWEEP_EVERY_MS`]. [`stop_on_signals`] makes SIGTERM and
 //! SIGINT end [`Driver::run`] at its next wake-up (within [`POLL_MS`]). With
 //! [`Driver::run_learning`], addresses the DNS side learned ([`crate::learn`]) are applied
-//! between waits.
+//! between waits. A hook set with [`Driver::on_tick`] is shown the engine at every sweep (to
+//! publish its counters elsewhere, the packet path untouched).
 //!
 //! A host stack can be attached ([`Driver::attach_host`], a [`Tun`]): packets the engine
 //! delivers are written to it, packets read from it go to [`Engine::handle_host`].
@@ -646,7 +647,11 @@ pub struct Driver {
     parking: Parking,
     stats: Stats,
     start: Instant,
+    tick: Option<Tick>,
 }
+
+/// What [`Driver::on_tick`] calls.
+pub type Tick = Box<dyn FnMut(&Engine, &Stats) + Send>;
 
 /// Host packets held at most, waiting for their next hop's MAC.
 pub const PARKED: usize = 16;
@@ -755,7 +760,14 @@ impl Driver {
             parking: Parking::new(slot),
             stats: Stats::default(),
             start: Instant::now(),
+            tick: None,
         }
+    }
+
+    /// Has `tick` called with the engine and the loop's counters after every sweep (every
+    /// [`SWEEP_EVERY_MS`] or so while the loop runs), in the loop's thread.
+    pub fn on_tick(&mut self, tick: Tick) {
+        self.tick = Some(tick);
     }
 
     /// Connects the host stack behind `tun`: packets the engine delivers are written to it,
@@ -816,6 +828,9 @@ impl Driver {
             if now.saturating_sub(last_sweep) >= SWEEP_EVERY_MS {
                 engine.sweep(now, SWEEP_BUDGET);
                 last_sweep = now;
+                if let Some(tick) = self.tick.as_mut() {
+                    tick(engine, &self.stats);
+                }
             }
             let [lan, wan] = self.sockets.each_ref().map(|s| s.fd.as_raw_fd());
             // A negative descriptor is one `poll` skips: no inbox, nothing to wake for.

@@ -9,7 +9,7 @@ use engine::core::engine::{Config, Engine, Interface, Rules};
 use engine::io::{stop_on_signals, Driver, Meta, RxBatch, Sent, Socket, TxStore};
 use smoltcp::wire::{EthernetAddress, Ipv4Packet, UdpPacket};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use testlab::{addr, Firewall, Lab, LabSpec, Netns};
@@ -242,10 +242,17 @@ fn the_driver_forwards_through_the_engine_and_stops_when_told() {
         Err(e) => panic!("{e}"),
     };
     let stop = Arc::new(AtomicBool::new(false));
+    // What the tick hook last saw: ticks, and frames forwarded and sent by then.
+    let seen = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let driver = {
-        let stop = stop.clone();
+        let (stop, seen) = (stop.clone(), seen.clone());
         std::thread::spawn(move || {
             let mut driver = Driver::new(lan, wan);
+            driver.on_tick(Box::new(move |engine, stats| {
+                seen[0].fetch_add(1, Ordering::Relaxed);
+                seen[1].store(engine.totals().forwarded, Ordering::Relaxed);
+                seen[2].store(stats.sent, Ordering::Relaxed);
+            }));
             let result = driver.run(&mut engine, &stop);
             (result, engine, driver.stats())
         })
@@ -272,6 +279,11 @@ fn the_driver_forwards_through_the_engine_and_stops_when_told() {
         "masqueraded"
     );
 
+    // The hook is shown the engine at every sweep: the traffic above shows within a few.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while seen[1].load(Ordering::Relaxed) < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let stopped = Instant::now();
     stop.store(true, Ordering::Relaxed);
     let (result, engine, stats) = driver.join().expect("the driver thread");
@@ -284,6 +296,15 @@ fn the_driver_forwards_through_the_engine_and_stops_when_told() {
     assert!(count("ping-out") >= 1 && count("web") >= 1);
     assert!(engine.totals().forwarded >= 4, "{:?}", engine.totals());
     assert!(stats.sent >= engine.totals().forwarded, "{stats}");
+    let seen = seen.each_ref().map(|n| n.load(Ordering::Relaxed));
+    assert!(seen[0] >= 1, "ticks: {seen:?}");
+    assert!(
+        (4..=engine.totals().forwarded).contains(&seen[1]) && seen[2] <= stats.sent,
+        "the last tick saw forwarded={} sent={}; at the end {:?} {stats}",
+        seen[1],
+        seen[2],
+        engine.totals()
+    );
     // The LAN host's TCP segments leave it with partial checksums, completed here.
     assert!(stats.checksums_completed >= 1, "{stats}");
     assert_eq!((stats.send_failed, stats.oversize), (0, 0), "{stats}");

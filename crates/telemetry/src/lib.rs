@@ -1,5 +1,5 @@
-//! ward's observability: the Prometheus metrics `ward run` serves on `--metrics` and the ECS
-//! events it writes to `--log`, both fed by the kernel data plane and the DNS proxy.
+//! ward's observability: the Prometheus metrics `ward run` and `ward engine` serve on
+//! `--metrics` (from either data plane and the DNS proxy) and the ECS events `ward run` writes.
 
 pub mod ecs;
 pub mod eventlog;

@@ -109,7 +109,8 @@ enum Cmd {
         log: Option<PathBuf>,
     },
     /// Enforce the policy with ward's own data plane, forwarding raw frames between a LAN and
-    /// a WAN interface (AF_PACKET), until stopped; then print its counters
+    /// a WAN interface (AF_PACKET), until stopped; then print its counters (served meanwhile
+    /// as Prometheus metrics with --metrics)
     Engine(userspace::EngineArgs),
     /// Delete ward's table (and nothing else)
     Remove {

@@ -1,6 +1,9 @@
 //! `ward engine`: the policy enforced by ward's own data plane (the `engine` crate) forwarding
 //! raw frames between a LAN and a WAN interface, until SIGTERM or SIGINT; then its counters.
 //!
+//! With `--metrics` the counters are served as Prometheus metrics meanwhile: the packet loop
+//! publishes a snapshot of them at every sweep (see [`publish`]), which scrapes read.
+//!
 //! The engine owns the addresses given on the command line: it answers ARP for them, and
 //! with name rules it serves the DNS proxy on them from a host stack of its own (see `host`).
 //! The kernel must not forward in the same namespace (it would pass what the engine drops),
@@ -15,8 +18,10 @@ use engine::core::conntrack::DEFAULT_CAPACITY;
 use engine::core::engine::{Config, Discard, Engine, Interface, Rules, DEFAULT_NEIGHBOURS};
 use engine::core::DropReason;
 use engine::io::{self, Driver, Socket};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
+use telemetry::metrics::{self, EngineCounters, EngineSnapshot};
 
 #[derive(clap::Args)]
 pub struct EngineArgs {
@@ -44,6 +49,10 @@ pub struct EngineArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CAPACITY as u32,
           value_parser = clap::value_parser!(u32).range(1..=1 << 28))]
     conntrack_capacity: u32,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9580), in the namespace the
+    /// engine runs in; off by default
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 fn parse_addr(s: &str) -> std::result::Result<(Ipv4Addr, u8), String> {
@@ -83,6 +92,23 @@ pub fn run(a: &EngineArgs) -> Result {
         }
     }
 
+    // The metrics address is taken before anything is forwarded: if it cannot be, nothing is.
+    let dns_stats = Arc::new(dns::Stats::default());
+    let counters = Arc::new(EngineCounters::default());
+    let sources = Arc::new(metrics::Sources::engine(
+        counters.clone(),
+        dns_stats.clone(),
+    ));
+    sources.set_policy(policy, &loaded.sha256);
+    let metrics_server = match a.metrics {
+        Some(addr) => Some(metrics::serve(addr, sources).map_err(|e| {
+            Failure(format!(
+                "error: cannot serve metrics on {addr}: {e}\nthe engine did not start."
+            ))
+        })?),
+        None => None,
+    };
+
     let lan = Socket::open(&a.lan).map_err(io_failure)?;
     let wan = Socket::open(&a.wan).map_err(io_failure)?;
     let own = |socket: &Socket, (ip, prefix_len): (Ipv4Addr, u8)| Own {
@@ -116,8 +142,14 @@ pub fn run(a: &EngineArgs) -> Result {
     let (feed, mut inbox) = engine::learn::channel().map_err(io_failure)?;
     let host = match &dns {
         Some(plan) => {
-            let (host, tun) =
-                host::Host::start(policy, plan, [a.wan_addr, a.lan_addr], feed, stop)?;
+            let (host, tun) = host::Host::start(
+                policy,
+                plan,
+                [a.wan_addr, a.lan_addr],
+                feed,
+                stop,
+                dns_stats,
+            )?;
             driver.attach_host(tun);
             println!(
                 "serving DNS on {} (UDP and TCP), forwarding to {}{}",
@@ -140,6 +172,12 @@ pub fn run(a: &EngineArgs) -> Result {
             None
         }
     };
+    if let Some(server) = &metrics_server {
+        publish(&counters, &engine);
+        let counters = counters.clone();
+        driver.on_tick(Box::new(move |engine, _| publish(&counters, engine)));
+        println!("metrics on http://{}/metrics", server.addr());
+    }
     println!(
         "ward engine: ready; forwarding between {} ({}/{}) and {} ({}/{}){}, policy sha256 {}; SIGTERM or Ctrl-C stops",
         a.lan,
@@ -154,6 +192,8 @@ pub fn run(a: &EngineArgs) -> Result {
         loaded.sha256
     );
     let result = driver.run_learning(&mut engine, stop, &mut inbox);
+    // The last scrapes, while the rest stops, see the final counts.
+    publish(&counters, &engine);
     // The proxy stops with the loop, however it ended.
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let dns_stats = host.map(host::Host::join);
@@ -167,7 +207,39 @@ pub fn run(a: &EngineArgs) -> Result {
             .collect();
         println!("dns {}", fields.join(" "));
     }
+    drop(metrics_server);
     result.map_err(|e| Failure(format!("error: {e}\nthe engine stopped.")))
+}
+
+/// Brings the snapshot scrapes read up to date with the engine's counters (unless a scrape is
+/// reading it right then: the next tick does). Called from the packet loop every sweep; past
+/// the first time it allocates nothing, as the rules and their ids stay as they are.
+fn publish(counters: &EngineCounters, engine: &Engine) {
+    counters.publish(|s: &mut EngineSnapshot| {
+        let mut n = 0;
+        for (i, r) in engine.rule_counts().enumerate() {
+            let count = nft::live::Count {
+                packets: r.count.packets,
+                bytes: r.count.bytes,
+            };
+            match s.rules.get_mut(i) {
+                Some((id, c)) if id == r.id => *c = count,
+                _ => {
+                    s.rules.truncate(i);
+                    s.rules.push((r.id.to_string(), count));
+                }
+            }
+            n = i + 1;
+        }
+        s.rules.truncate(n);
+        s.drops.clear();
+        s.drops
+            .extend(DropReason::ALL.map(|r| (r.as_str(), engine.drops(r))));
+        let t = engine.totals();
+        (s.snat, s.dnat) = (t.snat, t.dnat);
+        let (flows, capacity) = engine.conntrack_usage();
+        (s.conntrack_entries, s.conntrack_capacity) = (flows as u64, capacity as u64);
+    });
 }
 
 /// Refuses to run beside a forwarding kernel.

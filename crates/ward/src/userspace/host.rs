@@ -106,17 +106,18 @@ pub struct Host {
 
 impl Host {
     /// Creates the host namespace and its TUN device holding `wan` and `lan` (address,
-    /// prefix length), and starts the DNS proxy there, learning through `feed`. Returns once
-    /// the proxy listens, with the device for the engine's loop; the proxy stops when `stop`
-    /// is set. Fails, leaving nothing behind, if any of that cannot be done.
+    /// prefix length), and starts the DNS proxy there, learning through `feed` and counting
+    /// into `stats`. Returns once the proxy listens, with the device for the engine's loop;
+    /// the proxy stops when `stop` is set. Fails, leaving nothing behind, if any of that
+    /// cannot be done.
     pub fn start(
         policy: &Policy,
         plan: &Plan,
         addrs: [(Ipv4Addr, u8); 2],
         feed: Feed,
         stop: &'static AtomicBool,
+        stats: Arc<Stats>,
     ) -> Result<(Host, Tun)> {
-        let stats = Arc::new(Stats::default());
         let names = Arc::new(Names::new(policy.dns.capacity as usize));
         let matcher = Arc::new(Matcher::from_policy(policy));
         let config = dns::Config::new(policy, vec![plan.listen], plan.upstreams.clone());

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod scrape;
+
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 use std::io::{BufRead, BufReader, Read};
