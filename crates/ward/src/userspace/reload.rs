@@ -210,12 +210,11 @@ impl Reloading {
             if policy.rules.len() == 1 { "" } else { "s" }
         );
         if let (true, Some(plan), Some((control, _))) = (renumbered, &plan, &self.proxy) {
-            if let Err(e) = control.reconfigure(policy.clone(), plan.clone(), generation) {
-                return Err(Failure(format!(
-                    "error: the new rules are in force, but the DNS proxy did not take its new names: {e}"
-                )));
+            // It fails only when the proxy has stopped, which the engine has said already.
+            match control.reconfigure(policy.clone(), plan.clone(), generation) {
+                Ok(()) => line.push_str("; the DNS proxy has the new names"),
+                Err(e) => eprintln!("warning: the DNS proxy did not take the new names: {e}"),
             }
-            line.push_str("; the DNS proxy has the new names");
         }
         if kept > 0 {
             line.push_str(&format!(
