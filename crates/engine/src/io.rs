@@ -23,9 +23,10 @@
 //! Time for the engine is milliseconds since the loop started, from the monotonic clock; the
 //! connection table is swept every [`SWEEP_EVERY_MS`]. [`stop_on_signals`] makes SIGTERM and
 //! SIGINT end [`Driver::run`] at its next wake-up (within [`POLL_MS`]). With
-//! [`Driver::run_learning`], addresses the DNS side learned ([`crate::learn`]) are applied
-//! between waits. A hook set with [`Driver::on_tick`] is shown the engine at every sweep (to
-//! publish its counters elsewhere, the packet path untouched).
+//! [`Driver::run_learning`], addresses the DNS side learned and reloaded policies
+//! ([`crate::learn`]) are applied between waits. A hook set with [`Driver::on_tick`] is shown
+//! the engine at every sweep and after every reload (to publish its counters elsewhere, the
+//! packet path untouched).
 //!
 //! A host stack can be attached ([`Driver::attach_host`], a [`Tun`]): packets the engine
 //! delivers are written to it, packets read from it go to [`Engine::handle_host`].
@@ -765,7 +766,7 @@ impl Driver {
     }
 
     /// Has `tick` called with the engine and the loop's counters after every sweep (every
-    /// [`SWEEP_EVERY_MS`] or so while the loop runs), in the loop's thread.
+    /// [`SWEEP_EVERY_MS`] or so while the loop runs) and every reload, in the loop's thread.
     pub fn on_tick(&mut self, tick: Tick) {
         self.tick = Some(tick);
     }
@@ -801,8 +802,8 @@ impl Driver {
         self.serve(engine, stop, None)
     }
 
-    /// [`run`](Driver::run), applying what `inbox` receives (learned addresses, see
-    /// [`learn`](crate::learn)) before each wait for frames: at once when the loop is idle
+    /// [`run`](Driver::run), applying what `inbox` receives (learned addresses and reloads,
+    /// see [`learn`](crate::learn)) before each wait for frames: at once when the loop is idle
     /// (the inbox's descriptor is polled with the sockets), else after the batches in hand.
     pub fn run_learning(
         &mut self,
@@ -822,8 +823,17 @@ impl Driver {
         let mut last_sweep = self.now();
         while !stop.load(Ordering::Relaxed) {
             let now = self.now();
+            let mut reloaded = false;
             if let Some(inbox) = inbox.as_deref_mut() {
+                let before = inbox.reloads();
                 inbox.apply(engine, now);
+                reloaded = inbox.reloads() != before;
+            }
+            if reloaded {
+                // What the hook publishes follows the new rules before the reload returns.
+                if let Some(tick) = self.tick.as_mut() {
+                    tick(engine, &self.stats);
+                }
             }
             if now.saturating_sub(last_sweep) >= SWEEP_EVERY_MS {
                 engine.sweep(now, SWEEP_BUDGET);

@@ -24,13 +24,26 @@
 //! Failure is closed: a loop that stopped, or that does not take a batch within the feed's
 //! timeout, makes `commit` fail (and the proxy answer SERVFAIL); a batch not yet taken is
 //! withdrawn first, so a failed commit never takes effect later.
+//!
+//! Reloads ([`Reloader::reload`], `ward engine` on SIGHUP) come through the same mailbox: the
+//! loop puts the new [`Rules`] in place between batches ([`Engine::reload`], which keeps the
+//! connection table) and moves the addresses learned for unchanged name rules to their new
+//! positions, as the kernel plane's name sets outlive a re-apply. The inbox keeps its own copy
+//! of what it taught the engine for that (the engine's learned table is the filter's, and a
+//! new filter starts empty). Rule positions are the numbering both sides share, and a reload
+//! may change them: every batch says which numbering (`generation`) it was made under. The
+//! loop applies batches of the current one, maps those of the one before through the
+//! reload's `keep`, and refuses the rest ([`Refused::Reloaded`]: the proxy answers SERVFAIL and
+//! the client asks again, this time of the proxy that knows the new rules).
 
-use crate::core::engine::Engine;
+use crate::core::engine::{Engine, Rules};
 use crate::io::IoError;
 use ::core::fmt;
 use ::core::net::IpAddr;
 use ::core::sync::atomic::{AtomicBool, Ordering};
 use ::core::time::Duration;
+use std::boxed::Box;
+use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -64,6 +77,9 @@ pub enum Refused {
     /// The rule at this position is not a `destination_fqdn` rule: the DNS side and the
     /// engine disagree about the policy. The batch's other changes did take effect.
     NotANameRule(u32),
+    /// The batch was made for a policy the engine no longer enforces, and the rule at this
+    /// position is not in the new one unchanged. The batch's other changes did take effect.
+    Reloaded(u32),
 }
 
 impl fmt::Display for Refused {
@@ -77,21 +93,46 @@ impl fmt::Display for Refused {
                 f,
                 "rule {r} of the engine's policy is not a destination_fqdn rule"
             ),
+            Refused::Reloaded(r) => write!(
+                f,
+                "the engine's policy was reloaded and rule {r} of the one before is not in it unchanged"
+            ),
         }
     }
 }
 
 impl std::error::Error for Refused {}
 
+/// A reloaded policy, for the loop to put in place between batches ([`Reloader::reload`]).
+#[derive(Debug)]
+pub struct Reload {
+    pub rules: Rules,
+    /// The rule numbering the DNS side learns under from now on: the one before if the
+    /// policy's name rules kept their positions, else a new one (see the module doc).
+    pub generation: u64,
+    /// By rule position in the running policy: where the same `destination_fqdn` rule, with
+    /// the same names, stands in the new one. Its learned addresses move there (with their
+    /// expiry); those of other rules are dropped.
+    pub keep: Vec<Option<u32>>,
+}
+
 struct State {
     /// Changes waiting for the loop, in order.
     ops: Vec<Op>,
+    /// The numbering they were made under.
+    generation: u64,
+    /// A reload waiting for the loop, and reloads sent and applied so far.
+    reload: Option<Box<Reload>>,
+    reloads_sent: u64,
+    reloads_applied: u64,
+    /// Learned addresses the last applied reload kept.
+    kept: usize,
     /// Batches sent, taken and applied so far (each counts up; `applied <= taken <= sent`).
     sent: u64,
     taken: u64,
     applied: u64,
-    /// The first rule of the last applied batch that was not a name rule.
-    refused: Option<u32>,
+    /// Why the last applied batch did not wholly take effect.
+    refused: Option<Refused>,
     /// The inbox is gone: nothing will be applied again.
     closed: bool,
 }
@@ -117,7 +158,59 @@ impl Shared {
         self.lock().closed = true;
         self.done.notify_all();
     }
+
+    /// Tells the loop something waits.
+    fn wake(&self) {
+        self.pending.store(true, Ordering::Release);
+        let one: u64 = 1;
+        // SAFETY: writes the 8 bytes of `one` to the eventfd. A full counter (EAGAIN) means
+        // a wake-up is pending already, and the flag is set either way.
+        let _ = unsafe { libc::write(self.wake.as_raw_fd(), ::core::ptr::addr_of!(one).cast(), 8) };
+    }
 }
+
+/// The reloading side's end ([`Inbox::reloader`]): one at a time, as it waits for each.
+pub struct Reloader {
+    shared: Arc<Shared>,
+}
+
+impl Reloader {
+    /// Hands `reload` to the packet loop and returns once it is in force there, with how many
+    /// learned addresses it kept; fails only when the loop has stopped.
+    pub fn reload(&self, reload: Reload) -> Result<usize, Refused> {
+        let shared = &*self.shared;
+        let mine = {
+            let mut s = shared.lock();
+            if s.closed {
+                return Err(Refused::Stopped);
+            }
+            s.reload = Some(Box::new(reload));
+            s.reloads_sent += 1;
+            s.reloads_sent
+        };
+        shared.wake();
+        let mut s = shared.lock();
+        loop {
+            if s.reloads_applied >= mine {
+                return Ok(s.kept);
+            }
+            if s.closed {
+                return Err(Refused::Stopped);
+            }
+            s = shared.done.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reloader").finish_non_exhaustive()
+    }
+}
+
+/// The copy of the learned table is pruned of expired entries when it grows past twice its
+/// size after the last pruning, and never below this.
+const PRUNE_FLOOR: usize = 1024;
 
 /// A connected feed and inbox.
 pub fn channel() -> Result<(Feed, Inbox), IoError> {
@@ -135,6 +228,11 @@ pub fn channel() -> Result<(Feed, Inbox), IoError> {
         pending: AtomicBool::new(false),
         state: Mutex::new(State {
             ops: Vec::new(),
+            generation: 0,
+            reload: None,
+            reloads_sent: 0,
+            reloads_applied: 0,
+            kept: 0,
             sent: 0,
             taken: 0,
             applied: 0,
@@ -151,11 +249,17 @@ pub fn channel() -> Result<(Feed, Inbox), IoError> {
     let inbox = Inbox {
         shared,
         spare: Vec::new(),
+        generation: 0,
+        prior: None,
+        learned: BTreeMap::new(),
+        prune_at: PRUNE_FLOOR,
+        reloads: 0,
     };
     Ok((feed, inbox))
 }
 
 /// The DNS side's end: one per channel, so a batch waiting in the mailbox is always its own.
+/// (Committers of successive policies share it from one thread, as `ward engine`'s proxy does.)
 pub struct Feed {
     shared: Arc<Shared>,
     timeout: Duration,
@@ -168,8 +272,15 @@ impl Feed {
     }
 
     /// Hands `ops` to the packet loop and returns once it has applied them all, between two
-    /// frames. An empty batch changes nothing and returns at once.
+    /// frames. An empty batch changes nothing and returns at once. Rules are numbered as in
+    /// the policy the loop started with (generation 0).
     pub fn commit(&mut self, ops: &[Op]) -> Result<(), Refused> {
+        self.commit_as(0, ops)
+    }
+
+    /// [`commit`](Feed::commit) for rules numbered as in the policy of `generation` (see
+    /// [`Reload::generation`]).
+    pub fn commit_as(&mut self, generation: u64, ops: &[Op]) -> Result<(), Refused> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -180,26 +291,17 @@ impl Feed {
                 return Err(Refused::Stopped);
             }
             s.ops.extend_from_slice(ops);
+            s.generation = generation;
             s.sent += 1;
             s.sent
         };
-        shared.pending.store(true, Ordering::Release);
-        let one: u64 = 1;
-        // SAFETY: writes the 8 bytes of `one` to the eventfd. A full counter (EAGAIN) means
-        // a wake-up is pending already, and the flag is set either way.
-        let _ = unsafe {
-            libc::write(
-                shared.wake.as_raw_fd(),
-                ::core::ptr::addr_of!(one).cast(),
-                8,
-            )
-        };
+        shared.wake();
         let deadline = Instant::now() + self.timeout;
         let mut s = shared.lock();
         loop {
             if s.applied >= mine {
                 return match s.refused {
-                    Some(rule) => Err(Refused::NotANameRule(rule)),
+                    Some(why) => Err(why),
                     None => Ok(()),
                 };
             }
@@ -233,6 +335,15 @@ pub struct Inbox {
     shared: Arc<Shared>,
     /// The vector the last batch came in, given back to the mailbox with the next take.
     spare: Vec<Op>,
+    /// The numbering of the policy in force, and the one before with its rules' positions
+    /// in the current policy.
+    generation: u64,
+    prior: Option<(u64, Vec<Option<u32>>)>,
+    /// What the engine was taught, (rule, address) → expiry: what a reload moves.
+    learned: BTreeMap<(u32, IpAddr), u64>,
+    prune_at: usize,
+    /// Reloads applied.
+    reloads: u64,
 }
 
 impl Inbox {
@@ -241,11 +352,23 @@ impl Inbox {
         self.shared.wake.as_raw_fd()
     }
 
-    /// Applies the waiting batches to `engine`, `now` being its clock, and tells the feed;
-    /// returns the changes applied. With nothing waiting it reads one atomic flag and
-    /// allocates nothing.
+    /// A handle to send this loop reloaded policies with.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Reloads applied so far.
+    pub fn reloads(&self) -> u64 {
+        self.reloads
+    }
+
+    /// Applies the waiting reload, then the waiting batches, to `engine`, `now` being its
+    /// clock, and tells the feed and the reloader; returns the changes applied. With nothing
+    /// waiting it reads one atomic flag and allocates nothing.
     pub fn apply(&mut self, engine: &mut Engine, now: u64) -> usize {
-        let shared = &*self.shared;
+        let shared = self.shared.clone();
         if !shared.pending.swap(false, Ordering::Acquire) {
             return 0;
         }
@@ -253,32 +376,103 @@ impl Inbox {
         // SAFETY: reads the eventfd's 8-byte counter into `count`, resetting it; EAGAIN
         // (already reset) is fine.
         let _ = unsafe { libc::read(shared.wake.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
-        let batch = {
+        let (batch, generation, reload) = {
             let mut s = shared.lock();
             self.spare.clear();
             ::core::mem::swap(&mut s.ops, &mut self.spare);
             s.taken = s.sent;
-            s.taken
+            (s.taken, s.generation, s.reload.take())
         };
+        if let Some(reload) = reload {
+            let kept = self.reload(engine, *reload, now);
+            let mut s = shared.lock();
+            s.reloads_applied += 1;
+            s.kept = kept;
+        }
         let mut refused = None;
-        for op in &self.spare {
+        let ops = ::core::mem::take(&mut self.spare);
+        for op in &ops {
             match *op {
                 Op::Learn { rule, addr, ttl } => {
+                    let Some(at) = self.position(generation, rule) else {
+                        refused = refused.or(Some(Refused::Reloaded(rule)));
+                        continue;
+                    };
                     let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-                    if !engine.learn(rule, addr, now.saturating_add(ttl)) {
-                        refused = refused.or(Some(rule));
+                    let expires = now.saturating_add(ttl);
+                    if engine.learn(at, addr, expires) {
+                        self.learned.insert((at, addr), expires);
+                    } else {
+                        refused = refused.or(Some(Refused::NotANameRule(rule)));
                     }
                 }
-                Op::Forget { rule, addr } => engine.forget(rule, addr),
+                Op::Forget { rule, addr } => {
+                    // A rule the reload did not keep holds nothing of the old policy's.
+                    if let Some(at) = self.position(generation, rule) {
+                        engine.forget(at, addr);
+                        self.learned.remove(&(at, addr));
+                    }
+                }
             }
         }
+        self.spare = ops;
         {
             let mut s = shared.lock();
             s.applied = batch;
             s.refused = refused;
         }
         shared.done.notify_all();
+        if self.learned.len() > self.prune_at {
+            self.learned.retain(|_, expires| now < *expires);
+            self.prune_at = (2 * self.learned.len()).max(PRUNE_FLOOR);
+        }
         self.spare.len()
+    }
+
+    /// Where rule `rule` of the policy of `generation` stands in the one in force, if there.
+    fn position(&self, generation: u64, rule: u32) -> Option<u32> {
+        if generation == self.generation {
+            return Some(rule);
+        }
+        match &self.prior {
+            Some((g, keep)) if *g == generation => keep.get(rule as usize).copied().flatten(),
+            _ => None,
+        }
+    }
+
+    /// Puts `reload` in force; returns how many learned addresses it kept.
+    fn reload(&mut self, engine: &mut Engine, reload: Reload, now: u64) -> usize {
+        let Reload {
+            rules,
+            generation,
+            keep,
+        } = reload;
+        engine.reload(rules);
+        let old = ::core::mem::take(&mut self.learned);
+        for ((rule, addr), expires) in old {
+            if now >= expires {
+                continue;
+            }
+            if let Some(&Some(to)) = keep.get(rule as usize) {
+                if engine.learn(to, addr, expires) {
+                    self.learned.insert((to, addr), expires);
+                }
+            }
+        }
+        if generation == self.generation {
+            // Same numbering for the DNS side: the batches of the one before map as they did,
+            // then through this reload's moves.
+            if let Some((_, prior)) = &mut self.prior {
+                for at in prior.iter_mut() {
+                    *at = at.and_then(|i| keep.get(i as usize).copied().flatten());
+                }
+            }
+        } else {
+            self.prior = Some((self.generation, keep));
+            self.generation = generation;
+        }
+        self.reloads += 1;
+        self.learned.len()
     }
 }
 
@@ -332,6 +526,23 @@ rules:
   - {id: by-name, action: accept, direction: egress, destination_fqdn: [example.com], protocol: udp, destination_port: 5000}
   - {id: by-address, action: accept, direction: egress, destination: 192.0.2.1}
 ";
+
+    /// `POLICY` reloaded with a rule put first: the name rule moves from 0 to 1.
+    const RELOADED: &str = "
+defaults: {default_action: deny}
+interfaces: {lan: [lan0], wan: [wan0]}
+rules:
+  - {id: ssh, action: accept, direction: egress, protocol: tcp, destination_port: 22}
+  - {id: by-name, action: accept, direction: egress, destination_fqdn: [example.com], protocol: udp, destination_port: 5000}
+  - {id: by-address, action: accept, direction: egress, destination: 192.0.2.1}
+";
+
+    fn rules(yaml: &str) -> Rules {
+        match policy::parse_str(yaml, "test.yaml") {
+            Ok(c) => Rules::compile(&c.policy, [5, 6]),
+            Err(e) => panic!("{e}"),
+        }
+    }
 
     fn engine() -> Engine {
         let policy = match policy::parse_str(POLICY, "test.yaml") {
@@ -607,5 +818,79 @@ rules:
         thread::sleep(Duration::from_millis(50));
         drop(inbox);
         assert_eq!(waiter.join().expect("no panic"), Err(Refused::Stopped));
+    }
+
+    #[test]
+    fn a_reload_moves_what_unchanged_name_rules_learned_and_maps_batches_made_before_it() {
+        // Times stay within the gateway's neighbour entry (learned at 0).
+        let (mut feed, inbox) = channel().expect("eventfd");
+        let reloader = inbox.reloader();
+        let lp = Loop::start(engine(), inbox);
+        lp.clock(1000);
+        assert_eq!(feed.commit(&[learn(5)]), Ok(()));
+        assert!(lp.passes(1000, 1));
+
+        // The name rule moves to position 1, under a new numbering for the DNS side.
+        let moved = Reload {
+            rules: rules(RELOADED),
+            generation: 1,
+            keep: vec![Some(1), None],
+        };
+        assert_eq!(reloader.reload(moved), Ok(1));
+        assert!(lp.passes(2000, 2), "kept at its new position");
+        assert!(lp.passes(5999, 3), "with its expiry");
+        assert!(!lp.passes(6000, 4));
+
+        // A batch of the new numbering; one of the old, mapped; one of neither, refused.
+        let at = |rule| Op::Learn {
+            rule,
+            addr: IpAddr::V4(SERVER),
+            ttl: Duration::from_secs(5),
+        };
+        lp.clock(7000);
+        assert_eq!(feed.commit_as(1, &[at(1)]), Ok(()));
+        assert!(lp.passes(11_999, 5));
+        lp.clock(13_000);
+        assert_eq!(feed.commit_as(0, &[at(0)]), Ok(()));
+        assert!(
+            lp.passes(17_999, 6),
+            "rule 0 of the old policy is rule 1 now"
+        );
+        assert_eq!(feed.commit_as(0, &[at(1)]), Err(Refused::Reloaded(1)));
+        assert_eq!(feed.commit_as(7, &[at(1)]), Err(Refused::Reloaded(1)));
+        assert_eq!(feed.commit_as(1, &[at(0)]), Err(Refused::NotANameRule(0)));
+
+        // A reload under the same numbering keeps the old one's mapping working.
+        let same = || Reload {
+            rules: rules(RELOADED),
+            generation: 1,
+            keep: vec![None, Some(1), None],
+        };
+        assert_eq!(reloader.reload(same()), Ok(1));
+        assert!(lp.passes(17_999, 7));
+        lp.clock(20_000);
+        assert_eq!(feed.commit_as(0, &[at(0)]), Ok(()));
+        assert!(lp.passes(24_999, 8));
+
+        // Expired addresses and those of rules not kept are dropped.
+        lp.clock(25_000);
+        assert_eq!(reloader.reload(same()), Ok(0), "expired at 25,000");
+        assert_eq!(feed.commit_as(1, &[at(1)]), Ok(()));
+        let dropped = Reload {
+            rules: rules(RELOADED),
+            generation: 2,
+            keep: vec![None, None, None],
+        };
+        assert_eq!(reloader.reload(dropped), Ok(0));
+        assert!(!lp.passes(25_001, 9));
+
+        // The loop gone, a reload fails at once.
+        drop(lp);
+        let late = Reload {
+            rules: rules(POLICY),
+            generation: 3,
+            keep: Vec::new(),
+        };
+        assert_eq!(reloader.reload(late), Err(Refused::Stopped));
     }
 }

@@ -109,8 +109,8 @@ enum Cmd {
         log: Option<PathBuf>,
     },
     /// Enforce the policy with ward's own data plane, forwarding raw frames between a LAN and
-    /// a WAN interface (AF_PACKET), until stopped; then print its counters (served meanwhile
-    /// as Prometheus metrics with --metrics)
+    /// a WAN interface (AF_PACKET); SIGHUP reloads FILE (connections carry on), SIGTERM stops
+    /// and prints its counters (served meanwhile as Prometheus metrics with --metrics)
     Engine(userspace::EngineArgs),
     /// Delete ward's table (and nothing else)
     Remove {

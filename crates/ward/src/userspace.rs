@@ -1,5 +1,9 @@
 //! `ward engine`: the policy enforced by ward's own data plane (the `engine` crate) forwarding
-//! raw frames between a LAN and a WAN interface, until SIGTERM or SIGINT; then its counters.
+//! raw frames between a LAN and a WAN interface, reloaded on SIGHUP, until SIGTERM or SIGINT;
+//! then its counters.
+//!
+//! SIGHUP reads the file again and puts it in force without stopping the packet loop or
+//! dropping a connection (see `reload`).
 //!
 //! With `--metrics` the counters are served as Prometheus metrics meanwhile: the packet loop
 //! publishes a snapshot of them at every sweep (see [`publish`]), which scrapes read.
@@ -11,6 +15,7 @@
 
 mod host;
 mod learner;
+mod reload;
 
 use crate::commands::{self, Failure, Result};
 use engine::core::arp::{Own, Side};
@@ -82,15 +87,9 @@ pub fn run(a: &EngineArgs) -> Result {
     let loaded = commands::load(&a.file)?;
     let policy = &loaded.checked.policy;
     forwarding_is_off()?;
-    let dns = host::Plan::of(policy, &a.lan, a.lan_addr.0)?;
-    for snat in &policy.nat.snat {
-        if snat.out_interface != a.wan && snat.out_interface != a.lan {
-            eprintln!(
-                "warning: the SNAT rule for {} never applies: the engine forwards between {} and {}",
-                snat.out_interface, a.lan, a.wan
-            );
-        }
-    }
+    let dns = host::Plan::of(policy, &a.lan, a.lan_addr.0)
+        .map_err(|Failure(e)| Failure(format!("{e}\nthe engine did not start.")))?;
+    snat_warnings(policy, &a.lan, &a.wan);
 
     // The metrics address is taken before anything is forwarded: if it cannot be, nothing is.
     let dns_stats = Arc::new(dns::Stats::default());
@@ -101,7 +100,7 @@ pub fn run(a: &EngineArgs) -> Result {
     ));
     sources.set_policy(policy, &loaded.sha256);
     let metrics_server = match a.metrics {
-        Some(addr) => Some(metrics::serve(addr, sources).map_err(|e| {
+        Some(addr) => Some(metrics::serve(addr, sources.clone()).map_err(|e| {
             Failure(format!(
                 "error: cannot serve metrics on {addr}: {e}\nthe engine did not start."
             ))
@@ -138,6 +137,8 @@ pub fn run(a: &EngineArgs) -> Result {
     let mut engine = Engine::new(rules, config)
         .map_err(|e| Failure(format!("error: {e}\nthe engine did not start.")))?;
     let stop = io::stop_on_signals().map_err(io_failure)?;
+    // From here on a SIGHUP is a reload, once the loop runs.
+    let hangups = reload::Hangups::catch()?;
     let mut driver = Driver::new(lan, wan);
     let (feed, mut inbox) = engine::learn::channel().map_err(io_failure)?;
     let host = match &dns {
@@ -178,8 +179,36 @@ pub fn run(a: &EngineArgs) -> Result {
         driver.on_tick(Box::new(move |engine, _| publish(&counters, engine)));
         println!("metrics on http://{}/metrics", server.addr());
     }
+    let reloads = reload::ReloadThread::start(
+        hangups,
+        reload::Reloading {
+            file: a.file.clone(),
+            lan: a.lan.clone(),
+            wan: a.wan.clone(),
+            lan_addr: a.lan_addr.0,
+            reloader: inbox.reloader(),
+            proxy: host
+                .as_ref()
+                .zip(dns.clone())
+                .map(|(h, p)| (h.control(), p)),
+            policy: policy.clone(),
+            dns: dns.as_ref().map(|p| reload::DnsKey::of(policy, p)),
+            generation: 0,
+            metrics: metrics_server.as_ref().map(|_| sources.clone()),
+        },
+    );
+    let reloads = match reloads {
+        Ok(r) => Some(r),
+        Err(Failure(e)) => {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(h) = host {
+                h.join();
+            }
+            return Err(Failure(e));
+        }
+    };
     println!(
-        "ward engine: ready; forwarding between {} ({}/{}) and {} ({}/{}){}, policy sha256 {}; SIGTERM or Ctrl-C stops",
+        "ward engine: ready; forwarding between {} ({}/{}) and {} ({}/{}){}, policy sha256 {}; SIGHUP reloads the file, SIGTERM or Ctrl-C stops",
         a.lan,
         a.lan_addr.0,
         a.lan_addr.1,
@@ -194,8 +223,12 @@ pub fn run(a: &EngineArgs) -> Result {
     let result = driver.run_learning(&mut engine, stop, &mut inbox);
     // The last scrapes, while the rest stops, see the final counts.
     publish(&counters, &engine);
-    // The proxy stops with the loop, however it ended.
+    // The proxy stops with the loop, however it ended; a reload under way finds it gone.
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(inbox);
+    if let Some(r) = reloads {
+        r.stop();
+    }
     let dns_stats = host.map(host::Host::join);
     // Counters go out however the loop ended: they say what was enforced until then.
     print!("{}", report(&engine, &driver));
@@ -212,8 +245,9 @@ pub fn run(a: &EngineArgs) -> Result {
 }
 
 /// Brings the snapshot scrapes read up to date with the engine's counters (unless a scrape is
-/// reading it right then: the next tick does). Called from the packet loop every sweep; past
-/// the first time it allocates nothing, as the rules and their ids stay as they are.
+/// reading it right then: the next tick does). Called from the packet loop every sweep and
+/// after every reload; it allocates only the first time and after a reload, when rule ids
+/// change (their counts start again at 0, as the engine's do).
 fn publish(counters: &EngineCounters, engine: &Engine) {
     counters.publish(|s: &mut EngineSnapshot| {
         let mut n = 0;
@@ -240,6 +274,18 @@ fn publish(counters: &EngineCounters, engine: &Engine) {
         let (flows, capacity) = engine.conntrack_usage();
         (s.conntrack_entries, s.conntrack_capacity) = (flows as u64, capacity as u64);
     });
+}
+
+/// Warns of SNAT rules for interfaces the engine does not forward between.
+fn snat_warnings(policy: &policy::Policy, lan: &str, wan: &str) {
+    for snat in &policy.nat.snat {
+        if snat.out_interface != wan && snat.out_interface != lan {
+            eprintln!(
+                "warning: the SNAT rule for {} never applies: the engine forwards between {lan} and {wan}",
+                snat.out_interface
+            );
+        }
+    }
 }
 
 /// Refuses to run beside a forwarding kernel.

@@ -5,21 +5,27 @@
 //!
 //! The DNS side numbers rules by policy position, as the engine does, so an update maps onto
 //! an [`Op`] field for field; the TTL stays a duration here and becomes an expiry on the
-//! engine's clock when the loop applies it.
+//! engine's clock when the loop applies it. Positions are those of the policy this learner's
+//! committer was built for: its `generation`, which the loop maps from after a reload.
 
 use dns::{Learner, Update};
 use engine::learn::{Feed, Op, Refused};
+use std::cell::RefCell;
+use std::rc::Rc;
 
 pub struct EngineLearner {
-    feed: Feed,
+    /// Shared with the committers of the policies before and after, on the same thread.
+    feed: Rc<RefCell<Feed>>,
+    generation: u64,
     /// Reused for every batch.
     ops: Vec<Op>,
 }
 
 impl EngineLearner {
-    pub fn new(feed: Feed) -> EngineLearner {
+    pub fn new(feed: Rc<RefCell<Feed>>, generation: u64) -> EngineLearner {
         EngineLearner {
             feed,
+            generation,
             ops: Vec::new(),
         }
     }
@@ -38,7 +44,8 @@ impl Learner for EngineLearner {
             },
             Update::Remove { rule, addr } => Op::Forget { rule: rule.0, addr },
         }));
-        self.feed.commit(&self.ops)
+        // Commits are synchronous and never nest: the feed is never borrowed already.
+        self.feed.borrow_mut().commit_as(self.generation, &self.ops)
     }
 }
 
@@ -247,7 +254,7 @@ nat:
     fn updates_add_refresh_remove_and_expire_on_the_engine_clock() {
         let p = policy();
         let (feed, inbox) = engine::learn::channel().expect("eventfd");
-        let mut learner = EngineLearner::new(feed);
+        let mut learner = EngineLearner::new(Rc::new(RefCell::new(feed)), 0);
         let lp = Loop::start(engine(&p), inbox);
         assert!(!lp.passes(0, LISTED, 1000));
 
@@ -315,7 +322,7 @@ nat:
             Arc::new(Matcher::from_policy(&p)),
             stats.clone(),
             Arc::new(Names::new(100)),
-            EngineLearner::new(feed),
+            EngineLearner::new(Rc::new(RefCell::new(feed)), 0),
         );
         local.spawn_local(task);
         local.block_on(&rt, async {
