@@ -28,6 +28,11 @@ pub const DEFAULT_CAPACITY: usize = 65_536;
 pub const MAX_CAPACITY: usize = 1 << 28;
 /// Index slots per entry: each flow holds two, so the index is at most 2/3 full.
 const INDEX_SLOTS_PER_ENTRY: usize = 3;
+/// Memory one flow takes in a table: its entry, its share of the index and its place on the
+/// free list. A table allocates this much per flow of its capacity when it is made.
+pub const BYTES_PER_FLOW: usize = ::core::mem::size_of::<Option<Entry>>()
+    + INDEX_SLOTS_PER_ENTRY * ::core::mem::size_of::<Slot>()
+    + ::core::mem::size_of::<u32>();
 
 /// One direction of a flow. ICMP echo uses the identifier as both ports, so that a request and
 /// its reply are each other's reverse.
@@ -648,6 +653,7 @@ mod tests {
             + INDEX_SLOTS_PER_ENTRY * size_of::<Slot>()
             + size_of::<u32>();
         assert!(per_flow <= 128, "{per_flow} bytes per flow");
+        assert_eq!(per_flow, BYTES_PER_FLOW);
     }
 
     #[test]
