@@ -10,8 +10,10 @@
 //!   destination options, AH, mobility, HIP, shim6, experimental) is `ipv6_unsupported`:
 //!   walking the chain would put unbounded work before the ports, and nothing ward forwards
 //!   needs it. ESP and "no next header" end the chain, so they are upper-layer protocols here;
-//! - L4 checksums are not verified: frames read from AF_PACKET may carry partial checksums
-//!   left for offload, which only the I/O layer can tell apart from damaged ones.
+//! - L4 checksums are not verified here: frames read from AF_PACKET may carry partial
+//!   checksums left for offload, or ones the NIC verified already, which only the I/O layer
+//!   can tell. The engine verifies them after parsing unless told otherwise
+//!   ([`Engine::handle_rx`](super::engine::Engine::handle_rx), [`super::checksum::l4_valid`]).
 
 use super::DropReason;
 use ::core::net::{IpAddr, Ipv4Addr};

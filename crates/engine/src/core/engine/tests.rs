@@ -453,6 +453,140 @@ fn tcp_flags_no_state_allows_are_dropped_even_on_an_accepted_flow() {
     assert_eq!(count(&e, "web"), 1);
 }
 
+fn run_rx(e: &mut Engine, side: Side, frame: &mut [u8], checksum: L4Checksum, now: u64) -> Action {
+    let mut out = [0u8; FRAME_LEN];
+    e.handle_rx(side, frame, RxInfo { checksum }, now, &mut out)
+}
+
+/// Where the L4 checksum of a frame built here (IHL 5) is.
+fn l4_sum_at(frame: &[u8]) -> usize {
+    34 + match frame[23] {
+        proto::TCP => 16,
+        proto::UDP => 6,
+        _ => 2,
+    }
+}
+
+#[test]
+fn a_wrong_l4_checksum_is_malformed_whatever_the_flow_unless_the_nic_verified_it() {
+    let mut e = engine();
+    let flip = |mut f: Vec<u8>| {
+        let at = l4_sum_at(&f);
+        f[at] ^= 0x40;
+        f
+    };
+    // A first packet of each protocol with its checksum damaged: refused before any rule.
+    let ping = echo(Side::Lan, HOST, REMOTE, 8, 7);
+    let query = udp(Side::Lan, (HOST, 40001), (REMOTE, 5000));
+    let syn = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    for (n, good) in [&syn, &query, &ping].into_iter().enumerate() {
+        let mut bad = flip(good.clone());
+        let before = bad.clone();
+        assert_eq!(
+            run(&mut e, Side::Lan, &mut bad, SEC).0,
+            Action::Drop(DropReason::MalformedPacket),
+            "protocol {}",
+            good[23]
+        );
+        assert_eq!(bad, before, "left as it came");
+        assert_eq!(e.drops(DropReason::MalformedPacket), n as u64 + 1);
+    }
+    assert!(e.rule_counts().all(|r| r.count == Count::default()));
+    assert_eq!(e.conntrack_usage().0, 0);
+
+    // Of an accepted flow: the damaged copy is refused, the flow goes on.
+    let mut first = syn.clone();
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut first, SEC).0,
+        Action::Forward { .. }
+    ));
+    let ext = ports(&left(&first).2).0;
+    let syn_ack = tcp(Side::Wan, (REMOTE, 443), (WAN_IP, ext), SYN | ACK);
+    let mut bad = flip(syn_ack.clone());
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut bad, 2 * SEC).0,
+        Action::Drop(DropReason::MalformedPacket)
+    );
+    let mut good = syn_ack.clone();
+    assert!(matches!(
+        run(&mut e, Side::Wan, &mut good, 2 * SEC).0,
+        Action::Forward { .. }
+    ));
+    assert_eq!(e.drops(DropReason::MalformedPacket), 4);
+
+    // To the engine itself, too: refused before the input rules.
+    let mut ssh = flip(tcp(Side::Lan, (HOST, 40002), (LAN_IP, 22), SYN));
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut ssh, 3 * SEC).0,
+        Action::Drop(DropReason::MalformedPacket)
+    );
+    assert_eq!(count(&e, "ssh-to-fw"), 0);
+
+    // What the NIC verified is not read again: the same damaged frame passes as it is.
+    let mut trusted = flip(tcp(Side::Lan, (HOST, 40003), (REMOTE, 443), SYN));
+    assert!(matches!(
+        run_rx(
+            &mut e,
+            Side::Lan,
+            &mut trusted,
+            L4Checksum::Verified,
+            3 * SEC
+        ),
+        Action::Forward { .. }
+    ));
+    assert_eq!(e.drops(DropReason::MalformedPacket), 5);
+}
+
+#[test]
+fn udp_without_a_checksum_passes_and_stays_without_one() {
+    let mut e = engine();
+    let mut query = udp(Side::Lan, (HOST, 40001), (REMOTE, 5000));
+    query[40..42].copy_from_slice(&[0, 0]);
+    assert!(e.learn(3, IpAddr::V4(REMOTE), 10 * SEC));
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut query, SEC).0,
+        Action::Forward { .. }
+    ));
+    let ip = left(&query).2;
+    assert_eq!(ip.src, IpAddr::V4(WAN_IP), "masqueraded");
+    assert_eq!(query[40..42], [0, 0], "no checksum made up");
+}
+
+#[test]
+fn a_partial_checksum_is_completed_before_the_frame_is_rewritten() {
+    let mut e = engine();
+    let mut syn = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    // As a veth peer leaves it: the folded sum of the pseudo-header only.
+    let at = l4_sum_at(&syn);
+    let mut pseudo: u32 = [HOST.octets(), REMOTE.octets()]
+        .iter()
+        .flat_map(|a| {
+            [
+                u16::from_be_bytes([a[0], a[1]]),
+                u16::from_be_bytes([a[2], a[3]]),
+            ]
+        })
+        .map(u32::from)
+        .sum();
+    pseudo += u32::from(proto::TCP) + 20;
+    while pseudo > 0xffff {
+        pseudo = (pseudo & 0xffff) + (pseudo >> 16);
+    }
+    syn[at..at + 2].copy_from_slice(&(pseudo as u16).to_be_bytes());
+    let mut unverified = syn.clone();
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut unverified, SEC).0,
+        Action::Drop(DropReason::MalformedPacket),
+        "a partial checksum is wrong as it stands"
+    );
+    assert!(matches!(
+        run_rx(&mut e, Side::Lan, &mut syn, L4Checksum::Partial, SEC),
+        Action::Forward { .. }
+    ));
+    // `left` verifies the translated frame's checksum.
+    assert_eq!(left(&syn).2.src, IpAddr::V4(WAN_IP));
+}
+
 #[test]
 fn a_flow_meeting_its_masqueraded_reverse_gets_another_source_port() {
     let mut e = engine();
