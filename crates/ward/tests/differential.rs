@@ -29,9 +29,11 @@
 //! and ICMP errors, other protocols and non-IP frames, and mangles packets: copies that both
 //! planes drop before their connection tables go before the real packet (IPv4 fragments, bad
 //! IHL, bad total length, bad header checksum, wrong version, truncated L4 headers, bad TCP data
-//! offset and UDP length, invalid TCP flag combinations, frames for another MAC, VLAN tags,
-//! other ethertypes); valid oddities stand for the real packet (IP options of NOPs, Ethernet
-//! padding, the reserved flag); TTL 0 and 1 and the broadcast MAC, which the kernel drops only
+//! offset and UDP length, invalid TCP flag combinations, TCP, UDP and ICMP checksums that do
+//! not verify (the field, or a byte it covers: both planes verify them as nothing else did),
+//! frames for another MAC, VLAN tags, other ethertypes); valid oddities stand for the real
+//! packet (IP options of NOPs, Ethernet padding, the reserved flag, UDP without a checksum);
+//! TTL 0 and 1 and the broadcast MAC, which the kernel drops only
 //! after conntrack has seen the packet, are used on first packets only (see [`When`]).
 //! Flows never share a tuple, nor the inside tuple of a port-forward, and WAN flows to the
 //! firewall's own address use ephemeral source ports, so that neither plane's choice of
@@ -64,10 +66,6 @@
 //! - IPv4 options other than NOP and end-of-list: the kernel checks them (a malformed or
 //!   source-routed one drops the packet) and fills in record-route and timestamp options, the
 //!   engine forwards options as they are; only NOPs are generated;
-//! - bad L4 checksums: the kernel's conntrack verifies the TCP, UDP and ICMP checksums of
-//!   every frame the NIC did not verify (these veth frames included) and drops bad ones as
-//!   invalid; the engine does not verify them (`engine::core::packet`'s module doc), so it
-//!   forwards them. Every generated packet's checksums are right;
 //! - masquerade's port: the kernel keeps the source port when it is free, the engine picks one
 //!   from its pool; that port is not compared (everything else of the packet is), nor the new
 //!   source port both give a flow that meets its own masqueraded reverse.
@@ -89,7 +87,7 @@ use testlab::Netns;
 const EXCLUDED: &str = "IPv6; complete fragment trains; ICMP errors related to a flow; ICMP \
     timestamp/info/address-mask requests; IPv4 options but NOP/EOL; sources in the other side's \
     subnet; replies to off-subnet LAN sources; replies and translation of protocols other than \
-    TCP/UDP/ICMP echo; out-of-window or out-of-order TCP; bad L4 checksums; masquerade's ports";
+    TCP/UDP/ICMP echo; out-of-window or out-of-order TCP; masquerade's ports";
 
 const DEFAULT_SEED: u64 = 0x0d1f_f00d_5eed_0001;
 const DEFAULT_PACKETS: usize = 12_000;
@@ -435,6 +433,11 @@ enum Mangle {
     NonIp,
     /// The reserved ("evil") bit of the IPv4 flags.
     ReservedFlag,
+    /// A TCP, UDP or ICMP checksum that does not verify: the field itself damaged, or (with
+    /// `true`) a byte of what it covers.
+    BadL4Checksum(bool),
+    /// A UDP checksum of 0: none sent.
+    UdpNoChecksum,
 }
 
 /// Where a mangled packet stops, which says where it may go in a flow.
@@ -455,9 +458,11 @@ enum When {
 impl Mangle {
     fn when(&self) -> When {
         match self {
-            Mangle::None | Mangle::Options(_) | Mangle::Padding(_) | Mangle::ReservedFlag => {
-                When::Valid
-            }
+            Mangle::None
+            | Mangle::Options(_)
+            | Mangle::Padding(_)
+            | Mangle::ReservedFlag
+            | Mangle::UdpNoChecksum => When::Valid,
             Mangle::Ttl(_) | Mangle::BroadcastMac => When::Late,
             _ => When::Early,
         }
@@ -486,6 +491,9 @@ impl Mangle {
             Mangle::Vlan => "vlan".into(),
             Mangle::NonIp => "non-ip".into(),
             Mangle::ReservedFlag => "reserved-flag".into(),
+            Mangle::BadL4Checksum(false) => "bad-l4-checksum".into(),
+            Mangle::BadL4Checksum(true) => "bad-l4-data".into(),
+            Mangle::UdpNoChecksum => "udp-no-checksum".into(),
         }
     }
 }
@@ -733,7 +741,7 @@ impl Gen<'_> {
     fn mangle(&mut self, l4: &L4) -> Mangle {
         let proto = l4.proto();
         loop {
-            let m = match self.rng.below(22) {
+            let m = match self.rng.below(25) {
                 0 => Mangle::Options(self.rng.range(1, 10) as u8),
                 1 => Mangle::Padding(self.rng.range(1, 40) as u8),
                 2 => Mangle::Ttl(self.rng.range(0, 1) as u8),
@@ -778,6 +786,10 @@ impl Gen<'_> {
                 19 => Mangle::Vlan,
                 20 => Mangle::NonIp,
                 21 => Mangle::ReservedFlag,
+                22 | 23 if matches!(proto, TCP | UDP | ICMP) => {
+                    Mangle::BadL4Checksum(self.rng.chance(50))
+                }
+                24 if proto == UDP => Mangle::UdpNoChecksum,
                 _ => continue,
             };
             return m;
@@ -1337,6 +1349,28 @@ fn mangle(mut f: Vec<u8>, m: Mangle, proto: u8) -> Vec<u8> {
             f[20] |= 0x80;
             ip_checksum(&mut f, 20);
         }
+        Mangle::BadL4Checksum(in_data) => {
+            let sum_at = 34
+                + match proto {
+                    TCP => 16,
+                    UDP => 6,
+                    _ => 2,
+                };
+            // A byte the checksum covers and no plane reads for anything else: the sequence
+            // number's, the first of UDP's payload, the echo sequence number's.
+            let at = match (in_data, proto) {
+                (false, _) => sum_at + 1,
+                (true, TCP) => 34 + 4,
+                (true, UDP) => 34 + 8,
+                (true, _) => 34 + 6,
+            };
+            f[at] ^= 0x01;
+            if proto == UDP && f[sum_at..sum_at + 2] == [0, 0] {
+                // A UDP checksum of 0 would mean none: damage it otherwise.
+                f[sum_at] ^= 0x80;
+            }
+        }
+        Mangle::UdpNoChecksum => f[34 + 6..34 + 8].copy_from_slice(&[0, 0]),
     }
     f
 }
