@@ -73,7 +73,7 @@ fn l4_sum(ip: &Ip) -> Result<Option<L4Sum>, Mismatch> {
         L4::Tcp { .. } => (16, true, false),
         L4::Udp { .. } => (6, true, true),
         L4::Icmp { .. } => (2, ip.proto == proto::ICMPV6, false),
-        L4::Other => return Ok(None),
+        L4::Gre { .. } | L4::Other => return Ok(None),
     };
     let at = ip.offsets.l4.checked_add(field).ok_or(Mismatch)?;
     Ok(Some(L4Sum { at, pseudo, udp }))

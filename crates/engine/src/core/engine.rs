@@ -28,7 +28,9 @@
 //! 7. **open** the flow (table full → `conntrack_full`), after **SNAT** has chosen its
 //!    external port (none free → `nat_port_pool_exhausted`); a flow whose reply tuple another
 //!    live flow holds (its own reverse, opened first and translated) gets another source
-//!    port, as the kernel's NAT does ([`NatPlan::rebind`]);
+//!    port, as the kernel's NAT does ([`NatPlan::rebind`]). Every protocol is tracked, as by
+//!    the kernel's conntrack: TCP, UDP and ICMP echo by ports or identifier, GRE and the rest
+//!    by their addresses (and a PPTP call id), translated by address alone;
 //! 8. **forward**: next hop from the neighbour table (unknown → an ARP request goes out on
 //!    that side and the packet is dropped, see [`super::arp`]), NAT rewrite, MACs, TTL.
 //!
@@ -613,6 +615,13 @@ impl Engine {
             // two flows meet, and `open` would refuse it as a clash, as the kernel does.)
             if !self.nat.is_empty() && self.conntrack.holds(&t.reply, now) {
                 if let Err(reason) = self.nat.rebind(t, &self.conntrack, now) {
+                    return self.drop(reason);
+                }
+            }
+            if !t.is_identity() {
+                // A translation the kernel's NAT refuses drops the packet before its
+                // connection is confirmed: no flow either.
+                if let Err(reason) = nat::translatable(frame, ip, &t.onward()) {
                     return self.drop(reason);
                 }
             }

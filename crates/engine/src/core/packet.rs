@@ -10,6 +10,10 @@
 //!   destination options, AH, mobility, HIP, shim6, experimental) is `ipv6_unsupported`:
 //!   walking the chain would put unbounded work before the ports, and nothing ward forwards
 //!   needs it. ESP and "no next header" end the chain, so they are upper-layer protocols here;
+//! - GRE is read as the kernel's GRE tracker reads it (`gre_pkt_to_tuple`): version 1 (PPTP)
+//!   with at least 8 bytes has a call id, which is part of its flow's tuple, and is
+//!   `malformed_packet` unless it carries PPP (conntrack makes no tuple of it and calls it
+//!   invalid); any other GRE, of any length, is tracked by its addresses alone;
 //! - L4 checksums are not verified here: frames read from AF_PACKET may carry partial
 //!   checksums left for offload, or ones the NIC verified already, which only the I/O layer
 //!   can tell. The engine verifies them after parsing unless told otherwise
@@ -27,6 +31,7 @@ pub mod proto {
     pub const ICMP: u8 = 1;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
+    pub const GRE: u8 = 47;
     pub const ICMPV6: u8 = 58;
 }
 
@@ -104,7 +109,12 @@ pub enum L4 {
         /// The identifier of an echo request or reply.
         echo_id: Option<u16>,
     },
-    /// Any other upper-layer protocol: filtered by address and protocol only.
+    /// GRE, with the key its flow is tracked by: the call id of a PPTP (version 1) packet,
+    /// 0 for any other GRE (see the module doc).
+    Gre {
+        key: u16,
+    },
+    /// Any other upper-layer protocol: filtered and tracked by address and protocol only.
     Other,
 }
 
@@ -112,7 +122,7 @@ impl L4 {
     pub fn dport(&self) -> Option<u16> {
         match *self {
             L4::Tcp { dport, .. } | L4::Udp { dport, .. } => Some(dport),
-            L4::Icmp { .. } | L4::Other => None,
+            L4::Icmp { .. } | L4::Gre { .. } | L4::Other => None,
         }
     }
 }
@@ -331,7 +341,28 @@ fn upper_layer(proto: u8, payload: &[u8], v6: bool) -> Result<L4, DropReason> {
                 echo_id: echo.then(|| icmp.echo_ident()),
             })
         }
+        proto::GRE => gre(payload),
         _ => Ok(L4::Other),
+    }
+}
+
+/// GRE's version 1 (RFC 2637's enhanced GRE) and the protocol it must carry.
+const GRE_VERSION_PPTP: u8 = 1;
+const GRE_PROTO_PPP: [u8; 2] = [0x88, 0x0b];
+
+/// A GRE header as `nf_conntrack_proto_gre` reads it: the version is the low 3 bits of the
+/// second byte; a version-1 header's call id is its bytes 6 and 7.
+fn gre(payload: &[u8]) -> Result<L4, DropReason> {
+    match payload {
+        [_, flags, p0, p1, _, _, c0, c1, ..] if flags & 0x07 == GRE_VERSION_PPTP => {
+            if [*p0, *p1] != GRE_PROTO_PPP {
+                return Err(MALFORMED);
+            }
+            Ok(L4::Gre {
+                key: u16::from_be_bytes([*c0, *c1]),
+            })
+        }
+        _ => Ok(L4::Gre { key: 0 }),
     }
 }
 
@@ -612,8 +643,38 @@ mod tests {
     }
 
     #[test]
+    fn gre_is_read_as_the_kernels_gre_tracker_reads_it() {
+        let h = V4 {
+            proto: proto::GRE,
+            ..V4::default()
+        };
+        let l4 = |payload: &[u8]| ip(&eth(0x0800, &ipv4_packet(&h, payload))).map(|ip| ip.l4);
+        // Version 0 (and 2 to 7, and anything too short to say), of any length: no key.
+        let v0 = [0x00, 0x00, 0x08, 0x00, 0xaa, 0xbb, 0xcc, 0xdd];
+        for payload in [
+            &v0[..],
+            &v0[..4],
+            &v0[..2],
+            &[],
+            &[0x30, 0x02, 0x88, 0x0b, 0, 4, 0, 9],
+        ] {
+            assert_eq!(l4(payload), Ok(L4::Gre { key: 0 }), "{payload:?}");
+        }
+        // PPTP: version 1 carrying PPP has its call id, whatever the flags before it.
+        let pptp = [0x30, 0x81, 0x88, 0x0b, 0x00, 0x10, 0x12, 0x34, 0, 0, 0, 1];
+        assert_eq!(l4(&pptp), Ok(L4::Gre { key: 0x1234 }));
+        assert_eq!(l4(&pptp[..8]), Ok(L4::Gre { key: 0x1234 }));
+        // Shorter than the call id: tracked without a key, as the kernel does.
+        assert_eq!(l4(&pptp[..7]), Ok(L4::Gre { key: 0 }));
+        // Version 1 carrying anything but PPP: conntrack has no tuple for it.
+        let mut not_ppp = pptp;
+        not_ppp[2..4].copy_from_slice(&[0x08, 0x00]);
+        assert_eq!(l4(&not_ppp), Err(DropReason::MalformedPacket));
+    }
+
+    #[test]
     fn other_protocols_are_parsed_without_l4() {
-        for proto in [47, 50, 132] {
+        for proto in [50, 51, 132] {
             let h = V4 {
                 proto,
                 ..V4::default()

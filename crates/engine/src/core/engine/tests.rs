@@ -1087,25 +1087,128 @@ fn destinations_without_a_route_are_not_forwarded() {
 }
 
 #[test]
-fn untracked_protocols_are_judged_per_packet_and_not_translated() {
+fn other_protocols_are_tracked_and_masqueraded_by_address() {
     let mut e = engine();
     let tunnel = Ipv4Addr::new(203, 0, 113, 99);
     let (to, from) = macs(Side::Lan);
-    for n in 1..=2 {
-        let mut gre = ipv4(to, from, (HOST, tunnel), 47, 64, &[0; 8]);
+    // ESP: the first packet is judged and opens a flow, masqueraded; the next is not judged.
+    for _ in 1..=2 {
+        let mut esp = ipv4(to, from, (HOST, tunnel), 50, 64, &[0xee; 16]);
         assert!(matches!(
-            run(&mut e, Side::Lan, &mut gre, SEC).0,
-            Action::Forward { .. }
+            run(&mut e, Side::Lan, &mut esp, SEC).0,
+            Action::Forward { out: Side::Wan, .. }
         ));
-        assert_eq!(left(&gre).2.src, IpAddr::V4(HOST));
-        assert_eq!(count(&e, "tunnel"), n);
+        let ip = left(&esp).2;
+        assert_eq!((ip.src, ip.dst), (IpAddr::V4(WAN_IP), IpAddr::V4(tunnel)));
+        assert_eq!(esp[34..], [0xee; 16], "the payload as it was");
+        assert_eq!(count(&e, "tunnel"), 1);
     }
-    let mut gre = ipv4(to, from, (HOST, REMOTE), 47, 64, &[0; 8]);
+    assert_eq!((e.totals().snat, e.conntrack_usage().0), (1, 1));
+    // Its replies come back to the LAN host.
+    let (wto, wfrom) = macs(Side::Wan);
+    let mut back = ipv4(wto, wfrom, (tunnel, WAN_IP), 50, 64, &[0xbb; 16]);
+    assert!(matches!(
+        run(&mut e, Side::Wan, &mut back, 2 * SEC).0,
+        Action::Forward { out: Side::Lan, .. }
+    ));
+    let ip = left(&back).2;
+    assert_eq!((ip.src, ip.dst), (IpAddr::V4(tunnel), IpAddr::V4(HOST)));
+    // A second LAN host's ESP to the same address would take the same reply tuple: accepted
+    // by the rule, then refused, as the kernel drops it when confirming the connection.
+    let other = Ipv4Addr::new(192, 168, 1, 11);
+    let mut esp = ipv4(to, from, (other, tunnel), 50, 64, &[0xee; 16]);
     assert_eq!(
-        run(&mut e, Side::Lan, &mut gre, SEC).0,
+        run(&mut e, Side::Lan, &mut esp, 2 * SEC).0,
+        Action::Discard(Discard::Clash)
+    );
+    assert_eq!(count(&e, "tunnel"), 2);
+    // Another protocol to the same address is another flow; one no rule allows is dropped.
+    let mut ah = ipv4(to, from, (other, tunnel), 51, 64, &[0; 12]);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut ah, 2 * SEC).0,
+        Action::Forward { .. }
+    ));
+    let mut esp = ipv4(to, from, (HOST, REMOTE), 50, 64, &[0; 8]);
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut esp, SEC).0,
         Action::Drop(DropReason::NoMatchingAllowRule)
     );
+    assert_eq!(e.conntrack_usage().0, 2);
+    // Unsolicited from the WAN, to the masquerade address: input, denied.
+    let mut stray = ipv4(wto, wfrom, (REMOTE, WAN_IP), 50, 64, &[0; 8]);
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut stray, 2 * SEC).0,
+        Action::Drop(DropReason::NoMatchingAllowRule)
+    );
+}
+
+#[test]
+fn gre_is_translated_only_where_the_kernel_translates_it() {
+    let mut e = engine();
+    let tunnel = Ipv4Addr::new(203, 0, 113, 99);
+    let (to, from) = macs(Side::Lan);
+    let (wto, wfrom) = macs(Side::Wan);
+    const V0: [u8; 8] = [0x00, 0x00, 0x08, 0x00, 1, 2, 3, 4];
+    // Shorter than 8 bytes, it cannot be masqueraded: dropped, and no flow opens.
+    let mut short = ipv4(to, from, (HOST, tunnel), proto::GRE, 64, &V0[..4]);
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut short, SEC).0,
+        Action::Drop(DropReason::MalformedPacket)
+    );
     assert_eq!(e.conntrack_usage().0, 0);
+    let mut gre = ipv4(to, from, (HOST, tunnel), proto::GRE, 64, &V0);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut gre, SEC).0,
+        Action::Forward { out: Side::Wan, .. }
+    ));
+    assert_eq!(left(&gre).2.src, IpAddr::V4(WAN_IP));
+    // Back: GRE of a version the kernel's NAT does not know is not translated back.
+    let mut v2 = V0;
+    v2[1] = 2;
+    let mut back = ipv4(wto, wfrom, (tunnel, WAN_IP), proto::GRE, 64, &v2);
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut back, 2 * SEC).0,
+        Action::Drop(DropReason::MalformedPacket)
+    );
+    let mut back = ipv4(wto, wfrom, (tunnel, WAN_IP), proto::GRE, 64, &V0);
+    assert!(matches!(
+        run(&mut e, Side::Wan, &mut back, 2 * SEC).0,
+        Action::Forward { out: Side::Lan, .. }
+    ));
+    assert_eq!(left(&back).2.dst, IpAddr::V4(HOST));
+    // PPTP's call id is part of the flow: another call is another flow, and a reply with a
+    // call id of its own is not part of it (no PPTP helper maps the two).
+    let pptp = |call: u16| {
+        let mut h = alloc::vec![0x30, 0x81, 0x88, 0x0b, 0, 0];
+        h.extend_from_slice(&call.to_be_bytes());
+        h
+    };
+    let mut call = ipv4(to, from, (HOST, tunnel), proto::GRE, 64, &pptp(0x1234));
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut call, 3 * SEC).0,
+        Action::Forward { .. }
+    ));
+    assert_eq!(e.conntrack_usage().0, 2);
+    let mut answer = ipv4(wto, wfrom, (tunnel, WAN_IP), proto::GRE, 64, &pptp(0x4321));
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut answer, 3 * SEC).0,
+        Action::Drop(DropReason::NoMatchingAllowRule)
+    );
+    // Untranslated, a short GRE packet passes: WAN to LAN host, no NAT on the way.
+    let mut e = engine_with(
+        "
+interfaces: {lan: [lan0], wan: [wan0]}
+rules:
+  - {id: gre-in, action: accept, direction: ingress, destination: 192.168.1.10}
+",
+        64,
+    );
+    know_neighbours(&mut e, 0);
+    let mut short = ipv4(wto, wfrom, (tunnel, HOST), proto::GRE, 64, &V0[..2]);
+    assert!(matches!(
+        run(&mut e, Side::Wan, &mut short, SEC).0,
+        Action::Forward { out: Side::Lan, .. }
+    ));
 }
 
 #[test]
