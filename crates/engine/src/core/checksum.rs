@@ -19,7 +19,7 @@
 //! [`l4_valid`] verifies an L4 checksum from scratch, as the kernel's conntrack does for every
 //! TCP, UDP and ICMP packet that arrives without the NIC having verified it (see
 //! [`Engine::handle_rx`](super::engine::Engine::handle_rx)). It and [`complete_partial`] are
-//! the only readers of a payload here; they share [`sum`], which adds 32-bit words so that a
+//! the only readers of a payload here; they share one summing loop, which adds 32-bit words so that a
 //! 1500-byte packet costs a few hundred additions. smoltcp's own summing is private to it, and
 //! its public `UdpPacket::verify_checksum` covers the UDP length where the kernel covers the
 //! whole IP payload.

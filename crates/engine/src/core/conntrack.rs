@@ -617,7 +617,7 @@ fn next_state(state: State, dir: Dir, l4: &L4) -> Option<State> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::packet::Offsets;
+    use crate::core::packet::{Offsets, Options};
     use ::core::mem::size_of;
     use ::core::net::{Ipv4Addr, Ipv6Addr};
     use std::collections::HashMap;
@@ -815,6 +815,7 @@ mod tests {
                 l4: 34,
                 end: 60,
             },
+            options: Options::default(),
         }
     }
 

@@ -15,7 +15,16 @@
 //!    in every state (`nf_conntrack_checksum` is on by default); then the
 //!    **conntrack hit**: the flow was accepted already; the packet takes its translation from
 //!    the entry and is forwarded without the filter (SPEC §3, stateful), or delivered to the
-//!    host stack when the flow is the host's (see below);
+//!    host stack when the flow is the host's (see below). A packet whose IPv4 options a
+//!    router must refuse (malformed, or a source route: [`Refusal`](super::packet::Refusal))
+//!    is `malformed_packet` here, after its flow's state moved, or first thing in step 5 for
+//!    a packet of no known flow (no rule sees it, no flow opens): the kernel drops it in
+//!    `ip_rcv_options`, after its conntrack and before any hook where ward's rules are, so no
+//!    counter of the kernel plane sees it (malformed options count in the kernel's own
+//!    `InHdrErrors`; source routes nowhere, logged as martians with `log_martians`).
+//!    `malformed_packet` is SPEC §7's reason for a header that is refused. A forwarded packet
+//!    with a record-route option that has room gets the address it leaves from, as Linux
+//!    writes it ([`record_route`]); timestamp options are checked, not stamped;
 //! 5. a packet that cannot start a flow ([`Opening::Invalid`]) is `malformed_packet`, as the
 //!    kernel plane counts its conntrack-invalid drops; a LAN-side query for the DNS proxy
 //!    opens its flow and is **delivered** to the host stack, before any rule ([`DnsProxy`]);
@@ -32,7 +41,8 @@
 //!    the kernel's conntrack: TCP, UDP and ICMP echo by ports or identifier, GRE and the rest
 //!    by their addresses (and a PPTP call id), translated by address alone;
 //! 8. **forward**: next hop from the neighbour table (unknown → an ARP request goes out on
-//!    that side and the packet is dropped, see [`super::arp`]), NAT rewrite, MACs, TTL.
+//!    that side and the packet is dropped, see [`super::arp`]), NAT rewrite, record route,
+//!    MACs, TTL.
 //!
 //! **The host stack.** With a [`DnsProxy`] in its [`Rules`], the engine has a host behind it
 //! (the caller's: `io` reaches it through a TUN device) that holds the engine's own
@@ -60,7 +70,7 @@ use super::arp::{Neighbours, Own, Resolved, Side, FRAME_LEN};
 use super::checksum;
 use super::conntrack::{Conntrack, Opening, Refused, State, Timeouts, Tuple};
 use super::filter::{self, Direction, Filter, FlowKey, IfaceId, Verdict};
-use super::forward::{address, forward, NotForwarded};
+use super::forward::{address, forward, record_route, NotForwarded};
 use super::nat::{self, NatIface, NatPlan, Translation};
 use super::packet::{icmp_type, parse, proto, Ip, Payload, L4};
 use super::DropReason;
@@ -500,6 +510,10 @@ impl Engine {
         let tuple = Tuple::of(&ip);
         if let Some(t) = tuple {
             if let Some(hit) = self.conntrack.track(&t, &ip.l4, now) {
+                if ip.options.refused.is_some() {
+                    // After conntrack has seen it, as in the kernel (see `refused`).
+                    return self.drop(DropReason::MalformedPacket);
+                }
                 let to = hit.other.reversed();
                 let IpAddr::V4(dst) = to.dst else {
                     return self.drop(DropReason::MalformedPacket);
@@ -528,6 +542,9 @@ impl Engine {
         now: u64,
         out: &mut [u8; FRAME_LEN],
     ) -> Action {
+        if ip.options.refused.is_some() {
+            return self.drop(DropReason::MalformedPacket);
+        }
         let state = match Opening::of(ip) {
             Opening::Invalid => return self.drop(DropReason::MalformedPacket),
             Opening::Track(state) => tuple.map(|t| (t, state)),
@@ -849,11 +866,11 @@ impl Engine {
                 return self.drop(reason);
             }
         }
-        let own = self.neighbours.own(out_side).mac;
+        let own = self.neighbours.own(out_side);
         let written = if forwarded {
-            forward(frame, ip, mac, own)
+            record_route(frame, ip, own.ip).and_then(|()| forward(frame, ip, mac, own.mac))
         } else {
-            address(frame, ip, mac, own)
+            address(frame, ip, mac, own.mac)
         };
         match written {
             Ok(()) => {

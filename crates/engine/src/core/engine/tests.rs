@@ -587,6 +587,104 @@ fn a_partial_checksum_is_completed_before_the_frame_is_rewritten() {
     assert_eq!(left(&syn).2.src, IpAddr::V4(WAN_IP));
 }
 
+/// `frame` (IHL 5) with IPv4 options `opts` (a whole number of words) after its header.
+fn with_options(mut frame: Vec<u8>, opts: &[u8]) -> Vec<u8> {
+    let total = u16::from_be_bytes([frame[16], frame[17]]) + opts.len() as u16;
+    frame.splice(34..34, opts.iter().copied());
+    frame[14] = 0x40 | (5 + opts.len() / 4) as u8;
+    frame[16..18].copy_from_slice(&total.to_be_bytes());
+    Ipv4Packet::new_unchecked(&mut frame[14..34 + opts.len()]).fill_checksum();
+    frame
+}
+
+const LSRR: [u8; 8] = [131, 7, 4, 10, 0, 0, 1, 0];
+const RECORD_ROUTE: [u8; 12] = [7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+#[test]
+fn source_routes_and_malformed_options_are_refused_as_the_kernel_refuses_them() {
+    let mut e = engine();
+    // A first packet: refused before any rule, no flow.
+    let cipso = [134, 8, 0, 0, 0, 1, 0, 0];
+    let bad_length = [7, 13, 4, 0, 0, 0, 0, 0];
+    for (n, opts) in [&LSRR[..], &cipso, &bad_length].into_iter().enumerate() {
+        let mut syn = with_options(tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN), opts);
+        assert_eq!(
+            run(&mut e, Side::Lan, &mut syn, SEC).0,
+            Action::Drop(DropReason::MalformedPacket),
+            "{opts:?}"
+        );
+        assert_eq!(e.drops(DropReason::MalformedPacket), n as u64 + 1);
+    }
+    assert_eq!((count(&e, "web"), e.conntrack_usage().0), (0, 0));
+    // To the engine itself too.
+    let mut ssh = with_options(tcp(Side::Lan, (HOST, 40001), (LAN_IP, 22), SYN), &LSRR);
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut ssh, SEC).0,
+        Action::Drop(DropReason::MalformedPacket)
+    );
+    assert_eq!(count(&e, "ssh-to-fw"), 0);
+
+    // Of a known flow: refused, and the flow goes on.
+    let mut syn = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut syn, SEC).0,
+        Action::Forward { .. }
+    ));
+    let ext = ports(&left(&syn).2).0;
+    let syn_ack = tcp(Side::Wan, (REMOTE, 443), (WAN_IP, ext), SYN | ACK);
+    let mut routed = with_options(syn_ack.clone(), &LSRR);
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut routed, 2 * SEC).0,
+        Action::Drop(DropReason::MalformedPacket)
+    );
+    let mut plain = syn_ack;
+    assert!(matches!(
+        run(&mut e, Side::Wan, &mut plain, 2 * SEC).0,
+        Action::Forward { .. }
+    ));
+    assert_eq!(e.drops(DropReason::MalformedPacket), 5);
+}
+
+#[test]
+fn a_forwarded_packet_records_the_address_it_leaves_from() {
+    let mut e = engine();
+    let mut syn = with_options(
+        tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN),
+        &RECORD_ROUTE,
+    );
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut syn, SEC).0,
+        Action::Forward { .. }
+    ));
+    // `left` parses it, so the header checksum verifies after both rewrites.
+    let ip = left(&syn).2;
+    assert_eq!((ip.src, ip.ttl), (IpAddr::V4(WAN_IP), 63));
+    let opts = &syn[34..46];
+    assert_eq!(opts[..3], [7, 11, 8], "the pointer moved on");
+    assert_eq!(opts[3..7], WAN_IP.octets());
+    assert_eq!(opts[7..], [0; 5]);
+    // The reply records the LAN side's address, in the next slot of its own option.
+    let ext = ports(&ip).0;
+    let mut back = with_options(
+        tcp(Side::Wan, (REMOTE, 443), (WAN_IP, ext), SYN | ACK),
+        &[7, 11, 8, 9, 9, 9, 9, 0, 0, 0, 0, 0],
+    );
+    assert!(matches!(
+        run(&mut e, Side::Wan, &mut back, SEC).0,
+        Action::Forward { .. }
+    ));
+    assert_eq!(left(&back).2.dst, IpAddr::V4(HOST));
+    assert_eq!(back[34..46], [7, 11, 12, 9, 9, 9, 9, 192, 168, 1, 1, 0]);
+    // Full, it is left alone.
+    let full = [7, 7, 8, 9, 9, 9, 9, 0];
+    let mut ack = with_options(tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), ACK), &full);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut ack, SEC).0,
+        Action::Forward { .. }
+    ));
+    assert_eq!(ack[34..42], full);
+}
+
 #[test]
 fn a_flow_meeting_its_masqueraded_reverse_gets_another_source_port() {
     let mut e = engine();
