@@ -34,8 +34,9 @@
 //! offset and UDP length, invalid TCP flag combinations, TCP, UDP and ICMP checksums that do
 //! not verify (the field, or a byte it covers: both planes verify them as nothing else did),
 //! frames for another MAC, VLAN tags, other ethertypes); valid oddities stand for the real
-//! packet (IP options of NOPs, Ethernet padding, the reserved flag, UDP without a checksum);
-//! TTL 0 and 1 and the broadcast MAC, which the kernel drops only
+//! packet (IP options of NOPs, record-route, timestamp, router alert and others a router
+//! passes, Ethernet padding, the reserved flag, UDP without a checksum); source routes and
+//! malformed options ([`IP_OPTIONS`]), TTL 0 and 1 and the broadcast MAC, which the kernel drops only
 //! after conntrack has seen the packet, are used on first packets only (see [`When`]).
 //! Flows never share a tuple, nor the inside tuple of a port-forward, and WAN flows to the
 //! firewall's own address use ephemeral source ports, so that neither plane's choice of
@@ -65,9 +66,10 @@
 //! - TCP segments that only the kernel's window tracking or its finer state machine would call
 //!   invalid (out of window, an ACK before the SYN-ACK): the engine keeps SPEC §8's three
 //!   states and no windows; conversations are written in order and in window;
-//! - IPv4 options other than NOP and end-of-list: the kernel checks them (a malformed or
-//!   source-routed one drops the packet) and fills in record-route and timestamp options, the
-//!   engine forwards options as they are; only NOPs are generated;
+//! - what the kernel writes into timestamp options (its time of day) and after an end-of-list
+//!   option (zeros): the engine has no wall clock and leaves both as they came. Whether such a
+//!   packet is forwarded is compared, as for every option generated ([`IP_OPTIONS`]), and so
+//!   are the options of forwarded packets whose only option is record-route, which both fill in;
 //! - masquerade's port: the kernel keeps the source port when it is free, the engine picks one
 //!   from its pool; that port is not compared (everything else of the packet is), nor the new
 //!   source port both give a flow that meets its own masqueraded reverse.
@@ -87,7 +89,8 @@ use testlab::Netns;
 
 /// What is left out, printed with the results (the module doc says why).
 const EXCLUDED: &str = "IPv6; complete fragment trains; ICMP errors related to a flow; ICMP \
-    timestamp/info/address-mask requests; IPv4 options but NOP/EOL; sources in the other side's \
+    timestamp/info/address-mask requests; what the kernel writes into timestamp options and after \
+    an end-of-list option; sources in the other side's \
     subnet; replies to off-subnet LAN sources; SCTP and UDP-Lite; out-of-window or \
     out-of-order TCP; masquerade's ports";
 
@@ -508,7 +511,109 @@ enum Mangle {
     BadL4Checksum(bool),
     /// A UDP checksum of 0: none sent.
     UdpNoChecksum,
+    /// The IPv4 options of [`IP_OPTIONS`] at this index.
+    IpOption(u8),
 }
+
+/// IPv4 options a packet may carry: a name, the bytes (whole words), whether a router passes
+/// them (Linux's `ip_options_compile` and `accept_source_route`, off by default), and whether
+/// both planes leave them byte for byte alike on a forwarded packet.
+#[allow(clippy::type_complexity)]
+const IP_OPTIONS: [(&str, &[u8], bool, bool); 28] = [
+    ("opt-rr", &[7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0], true, true),
+    (
+        "opt-rr-last-slot",
+        &[7, 11, 8, 10, 9, 9, 9, 0, 0, 0, 0, 0],
+        true,
+        true,
+    ),
+    ("opt-rr-full", &[7, 7, 8, 10, 9, 9, 9, 0], true, true),
+    (
+        "opt-ts",
+        &[68, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        true,
+        false,
+    ),
+    (
+        "opt-ts-addr",
+        &[68, 12, 5, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+        true,
+        false,
+    ),
+    (
+        "opt-ts-prespec-own",
+        &[68, 12, 5, 3, 198, 51, 100, 1, 0, 0, 0, 0],
+        true,
+        false,
+    ),
+    (
+        "opt-ts-prespec-other",
+        &[68, 12, 5, 3, 203, 0, 113, 5, 0, 0, 0, 0],
+        true,
+        false,
+    ),
+    ("opt-ts-full", &[68, 8, 9, 0x10, 0, 0, 0, 1], true, false),
+    (
+        "opt-ts-overflow",
+        &[68, 8, 9, 0xf0, 0, 0, 0, 1],
+        false,
+        false,
+    ),
+    ("opt-ts-pointer", &[68, 8, 4, 0, 0, 0, 0, 0], false, false),
+    (
+        "opt-ts-addr-short",
+        &[68, 8, 5, 1, 0, 0, 0, 0],
+        false,
+        false,
+    ),
+    (
+        "opt-ts-odd-flag-twice",
+        &[68, 8, 5, 2, 0, 0, 0, 0, 68, 8, 5, 0, 0, 0, 0, 0],
+        false,
+        false,
+    ),
+    ("opt-ts-odd-flag", &[68, 8, 5, 2, 0, 0, 0, 0], true, false),
+    (
+        "opt-ts-prespec-full",
+        &[68, 12, 13, 0xf3, 198, 51, 100, 1, 0, 0, 0, 1],
+        true,
+        false,
+    ),
+    (
+        "opt-ts-addr-full",
+        &[68, 12, 13, 0xf1, 198, 51, 100, 1, 0, 0, 0, 1],
+        false,
+        false,
+    ),
+    ("opt-lsrr", &[131, 7, 4, 203, 0, 113, 5, 0], false, false),
+    (
+        "opt-ssrr",
+        &[137, 11, 4, 203, 0, 113, 5, 198, 51, 100, 1, 0],
+        false,
+        false,
+    ),
+    ("opt-cipso", &[134, 8, 0, 0, 0, 1, 0, 0], false, false),
+    ("opt-ra", &[148, 4, 0, 0], true, true),
+    ("opt-ra-short", &[148, 3, 0, 0], false, false),
+    (
+        "opt-sec-sid-exp",
+        &[130, 3, 0, 136, 4, 0, 1, 0x5e, 4, 0xaa, 0xbb, 0],
+        true,
+        true,
+    ),
+    ("opt-len-0", &[7, 0, 0, 0], false, false),
+    ("opt-len-1", &[130, 1, 0, 0], false, false),
+    ("opt-len-long", &[7, 9, 4, 0, 0, 0, 0, 0], false, false),
+    ("opt-rr-pointer", &[7, 7, 3, 0, 0, 0, 0, 0], false, false),
+    (
+        "opt-rr-twice",
+        &[7, 7, 8, 1, 2, 3, 4, 7, 7, 8, 1, 2, 3, 4, 0, 0],
+        false,
+        false,
+    ),
+    ("opt-eol-junk", &[1, 0, 7, 0xff], true, false),
+    ("opt-no-room-for-length", &[1, 1, 1, 7], false, false),
+];
 
 /// Where a mangled packet stops, which says where it may go in a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -533,6 +638,9 @@ impl Mangle {
             | Mangle::Padding(_)
             | Mangle::ReservedFlag
             | Mangle::UdpNoChecksum => When::Valid,
+            // Refused after conntrack saw them (`ip_rcv_options`), like an expiring TTL.
+            Mangle::IpOption(i) if !IP_OPTIONS[usize::from(*i)].2 => When::Late,
+            Mangle::IpOption(_) => When::Valid,
             Mangle::Ttl(_) | Mangle::BroadcastMac => When::Late,
             _ => When::Early,
         }
@@ -564,6 +672,7 @@ impl Mangle {
             Mangle::BadL4Checksum(false) => "bad-l4-checksum".into(),
             Mangle::BadL4Checksum(true) => "bad-l4-data".into(),
             Mangle::UdpNoChecksum => "udp-no-checksum".into(),
+            Mangle::IpOption(i) => IP_OPTIONS[usize::from(*i)].0.into(),
         }
     }
 }
@@ -820,7 +929,7 @@ impl Gen<'_> {
     fn mangle(&mut self, l4: &L4) -> Mangle {
         let proto = l4.proto();
         loop {
-            let m = match self.rng.below(25) {
+            let m = match self.rng.below(28) {
                 0 => Mangle::Options(self.rng.range(1, 10) as u8),
                 1 => Mangle::Padding(self.rng.range(1, 40) as u8),
                 2 => Mangle::Ttl(self.rng.range(0, 1) as u8),
@@ -869,6 +978,7 @@ impl Gen<'_> {
                     Mangle::BadL4Checksum(self.rng.chance(50))
                 }
                 24 if proto == UDP => Mangle::UdpNoChecksum,
+                25..=27 => Mangle::IpOption(self.rng.below(IP_OPTIONS.len() as u64) as u8),
                 _ => continue,
             };
             return m;
@@ -1547,6 +1657,13 @@ fn mangle(mut f: Vec<u8>, m: Mangle, proto: u8) -> Vec<u8> {
             }
         }
         Mangle::UdpNoChecksum => f[34 + 6..34 + 8].copy_from_slice(&[0, 0]),
+        Mangle::IpOption(i) => {
+            let opts = IP_OPTIONS[usize::from(i)].1;
+            f.splice(34..34, opts.iter().copied());
+            f[14] = 0x40 | (5 + opts.len() / 4) as u8;
+            set_total_len(&mut f, total + opts.len());
+            ip_checksum(&mut f, 20 + opts.len());
+        }
     }
     f
 }
@@ -2183,7 +2300,16 @@ fn kernel_and_engine_agree_on_every_packet() {
                     },
                     ..*o
                 };
-                mask(k) == mask(e)
+                // The options of a forwarded packet, where both planes write them alike.
+                let options = |f: &[u8]| f[34..14 + usize::from(f[14] & 0x0f) * 4].to_vec();
+                let alike = match step.mangle {
+                    Mangle::IpOption(i) => IP_OPTIONS[usize::from(i)].3,
+                    _ => true,
+                };
+                let (Verdict::Forwarded(_, kf), Verdict::Forwarded(_, ef)) = (kv, ev) else {
+                    unreachable!("both forwarded")
+                };
+                mask(k) == mask(e) && (!alike || options(kf) == options(ef))
             }
             (Verdict::Dropped(_), Verdict::Dropped(_)) => true,
             _ => false,
