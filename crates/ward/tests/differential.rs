@@ -45,8 +45,15 @@
 //! Left out, each because the planes differ by design, not by accident (see
 //! [`EXCLUDED`], which the test prints):
 //! - IPv6: the engine is IPv4-only for now (SPEC §3) and drops it;
-//! - complete fragment trains: the kernel reassembles them before conntrack and forwards the
-//!   packet, the engine drops every fragment (SPEC §8); lone fragments are generated;
+//! - complete fragment trains. The kernel plane's `nf_defrag_ipv4` (prerouting, before
+//!   conntrack) holds every fragment until its datagram is whole (`ipfrag_time`, 30 s), so
+//!   conntrack, NAT and ward's rules see only whole datagrams, and forwards an accepted one
+//!   fragmented again to the largest fragment size that came in; a train never completed is
+//!   freed silently (no ICMP for a forwarded one), and counted by no ward counter. The engine
+//!   drops every fragment as it arrives, as `fragmented_ipv4` (SPEC §8), and holds nothing.
+//!   So a lone or incomplete train is forwarded by neither plane, and is generated (first
+//!   fragments and later ones, each alone with its own IP ID: copies that both drop); a
+//!   complete train is forwarded by the kernel and not by the engine, by design, and is not;
 //! - ICMP errors related to a flow: the engine drops ICMP errors (module doc of
 //!   `engine::core::engine`); unrelated ones are generated;
 //! - ICMP timestamp, information and address-mask requests: the kernel tracks them like echo,
@@ -88,7 +95,8 @@ use std::time::{Duration, Instant};
 use testlab::Netns;
 
 /// What is left out, printed with the results (the module doc says why).
-const EXCLUDED: &str = "IPv6; complete fragment trains; ICMP errors related to a flow; ICMP \
+const EXCLUDED: &str = "IPv6; complete fragment trains (the kernel reassembles and forwards \
+    them, the engine drops every fragment: SPEC §8); ICMP errors related to a flow; ICMP \
     timestamp/info/address-mask requests; what the kernel writes into timestamp options and after \
     an end-of-list option; sources in the other side's \
     subnet; replies to off-subnet LAN sources; SCTP and UDP-Lite; out-of-window or \

@@ -4,7 +4,10 @@
 //! For a frame arriving on one side, [`Engine::handle`] goes:
 //! 1. **parse**: malformed headers, IPv4 fragments and non-IP frames are dropped with their
 //!    reason before any table is read; IPv6 is dropped as `ipv6_unsupported` (SPEC §3 lets the
-//!    engine start IPv4-only, and the neighbour table has no IPv6 discovery);
+//!    engine start IPv4-only, and the neighbour table has no IPv6 discovery). Every fragment
+//!    is dropped as it arrives, `fragmented_ipv4` (SPEC §8), and none is held: where the
+//!    kernel plane reassembles a complete train before its conntrack and forwards the
+//!    datagram, the engine forwards nothing of it (an incomplete train neither forwards);
 //! 2. **ARP** goes to the neighbour table, which may write a reply;
 //! 3. IP frames not sent to the side's own MAC, and martians (a source that is the engine's,
 //!    the other side's, multicast, broadcast, loopback or 0.0.0.0) go no further;

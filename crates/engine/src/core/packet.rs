@@ -6,9 +6,11 @@
 //! - only plain Ethernet II: VLAN-tagged and other ethertypes are `non_ip`;
 //! - IPv4 fragments (MF set or a non-zero offset) are `fragmented_ipv4`, checked after the
 //!   header checksum, so a damaged header is `malformed_packet` whatever its flags say. The
-//!   engine drops every fragment (SPEC §8); the kernel plane's conntrack reassembles complete
-//!   trains first (`nf_defrag_ipv4`) and forwards the datagram, so there the planes differ by
-//!   design, and agree on fragments that never make a whole;
+//!   engine drops every fragment as it arrives (SPEC §8). The kernel plane differs there by
+//!   design: its `nf_defrag_ipv4` holds fragments until their datagram is whole (up to
+//!   `ipfrag_time`, 30 s), its conntrack and rules see the datagram, and it forwards an
+//!   accepted one fragmented again; a train that never completes it frees silently. Both
+//!   forward nothing of a lone or incomplete train, the kernel plane all of a complete one;
 //! - IPv4 options are read as Linux reads them on arrival (`ip_options_compile`, then
 //!   `ip_rcv_options`), into [`Options`]: malformed options, and source routes (which Linux
 //!   refuses unless `accept_source_route` is on for `all` and the interface; `all` is off by
