@@ -28,16 +28,16 @@
 //! refused and unanswered SYNs, mid-stream pick-ups), UDP exchanges, pings, unsolicited replies
 //! and ICMP errors, exchanges in other protocols (GRE plain, PPTP with and without matching
 //! call ids, of unknown versions, too short to translate; ESP, AH...) and non-IP frames, and
-//! mangles packets: copies that both
-//! planes drop before their connection tables go before the real packet (IPv4 fragments, bad
-//! IHL, bad total length, bad header checksum, wrong version, truncated L4 headers, bad TCP data
-//! offset and UDP length, invalid TCP flag combinations, TCP, UDP and ICMP checksums that do
-//! not verify (the field, or a byte it covers: both planes verify them as nothing else did),
-//! frames for another MAC, VLAN tags, other ethertypes); valid oddities stand for the real
-//! packet (IP options of NOPs, record-route, timestamp, router alert and others a router
-//! passes, Ethernet padding, the reserved flag, UDP without a checksum); source routes and
-//! malformed options ([`IP_OPTIONS`]), TTL 0 and 1 and the broadcast MAC, which the kernel drops only
-//! after conntrack has seen the packet, are used on first packets only (see [`When`]).
+//! mangles packets: copies that both planes drop before their connection tables go before the
+//! real packet (IPv4 fragments, bad IHL, bad total length, bad header checksum, wrong version,
+//! truncated L4 headers, bad TCP data offset and UDP length, invalid TCP flag combinations,
+//! TCP, UDP and ICMP checksums that do not verify (the field, or a byte it covers: both planes
+//! verify them as nothing else did), frames for another MAC, VLAN tags, other ethertypes);
+//! valid oddities stand for the real packet (IP options of NOPs, record-route, timestamp,
+//! router alert and others a router passes, Ethernet padding, the reserved flag, UDP without a
+//! checksum); source routes and malformed options ([`IP_OPTIONS`]), TTL 0 and 1 and the
+//! broadcast MAC, which the kernel drops only after conntrack has seen the packet, are used on
+//! first packets only (see [`When`]).
 //! Flows never share a tuple, nor the inside tuple of a port-forward, and WAN flows to the
 //! firewall's own address use ephemeral source ports, so that neither plane's choice of
 //! masquerade port can make a later flow a reply in one plane and not in the other.
@@ -75,8 +75,9 @@
 //!   states and no windows; conversations are written in order and in window;
 //! - what the kernel writes into timestamp options (its time of day) and after an end-of-list
 //!   option (zeros): the engine has no wall clock and leaves both as they came. Whether such a
-//!   packet is forwarded is compared, as for every option generated ([`IP_OPTIONS`]), and so
-//!   are the options of forwarded packets whose only option is record-route, which both fill in;
+//!   packet is forwarded is compared, as for every option generated ([`IP_OPTIONS`]); the
+//!   option bytes of the other forwarded packets are compared too (record-route, which both
+//!   fill in with the address the packet leaves from, router alert, security...);
 //! - masquerade's port: the kernel keeps the source port when it is free, the engine picks one
 //!   from its pool; that port is not compared (everything else of the packet is), nor the new
 //!   source port both give a flow that meets its own masqueraded reverse.
