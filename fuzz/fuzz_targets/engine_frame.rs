@@ -4,15 +4,18 @@
 //! ARP goes to the neighbour table, whose replies must parse; an IP frame is also forwarded
 //! and NAT-style rewritten in a copy, which must still parse, one TTL lower (so the incremental
 //! IPv4 checksum verifies), and has its checksum completed as if left partial in another.
-//! Every frame also goes through a whole `Engine` (with NAT), sent to its MAC half the time:
-//! what it forwards must parse one TTL lower from its own MAC, what it replies must be ARP.
+//! Every frame also goes through a whole `Engine` (with NAT), sent to its MAC half the time,
+//! with its L4 checksum said to be unverified, verified or partial by turns (so that frames
+//! whose checksums are wrong, as most fuzzed ones are, still reach the tables): what it
+//! forwards must parse one TTL lower from its own MAC, what it replies must be ARP. The L4
+//! checksum is verified and a record-route option filled in on copies too.
 #![no_main]
 
 use engine::core::arp::{Neighbours, Own, Side, FRAME_LEN};
-use engine::core::checksum::{addr_changed, complete_partial, l4_word_changed};
+use engine::core::checksum::{addr_changed, complete_partial, l4_valid, l4_word_changed};
 use engine::core::conntrack::{Conntrack, Opening, Timeouts, Tuple};
-use engine::core::engine::{Action, Config, Engine, Interface, Rules};
-use engine::core::forward::{forward, NotForwarded};
+use engine::core::engine::{Action, Config, Engine, Interface, L4Checksum, Rules, RxInfo};
+use engine::core::forward::{forward, record_route, NotForwarded};
 use engine::core::filter::{Direction, Filter, FlowKey};
 use engine::core::packet::{parse, Ip, Payload, L4};
 use smoltcp::wire::EthernetAddress;
@@ -138,7 +141,12 @@ fn through_the_engine(frame: &[u8]) {
     };
     let mut out = [0u8; FRAME_LEN];
     let is_arp = |out: &[u8; FRAME_LEN]| matches!(parse(out).map(|p| p.payload), Ok(Payload::Arp(_)));
-    match engine.handle(side, &mut copy, *now, &mut out) {
+    let checksum = match frame.first().map_or(0, |b| b / 2 % 3) {
+        0 => L4Checksum::Unverified,
+        1 => L4Checksum::Verified,
+        _ => L4Checksum::Partial,
+    };
+    match engine.handle_rx(side, &mut copy, RxInfo { checksum }, *now, &mut out) {
         Action::Forward { out: to, ask } => {
             let after = parse(&copy).unwrap_or_else(|r| panic!("forwarded, no longer parses: {r}"));
             let Payload::Ip(ip) = after.payload else {
@@ -214,8 +222,14 @@ fuzz_target!(|frame: &[u8]| {
 fn rewrite(frame: &[u8], ip: &Ip) {
     // Completing a checksum touches only the L4 checksum field.
     let mut completed = frame.to_vec();
+    let _ = l4_valid(frame, ip);
     assert_eq!(complete_partial(&mut completed, ip), Ok(()));
     assert!(parse(&completed).is_ok());
+    // Recording a route leaves a frame that parses (its options may be refused now: an
+    // option whose length is not 3 + 4n has a pointer out of place once full, as with Linux).
+    let mut recorded = frame.to_vec();
+    assert_eq!(record_route(&mut recorded, ip, Ipv4Addr::new(203, 0, 113, 1)), Ok(()));
+    assert!(matches!(parse(&recorded).map(|p| p.payload), Ok(Payload::Ip(_))));
     let mut copy = frame.to_vec();
     match forward(&mut copy, ip, EthernetAddress([0x02, 0, 0, 0, 0, 9]), OWN_MAC) {
         Ok(()) => {}

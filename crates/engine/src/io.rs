@@ -5,8 +5,11 @@
 //! What the kernel hands a packet socket is not always a wire frame, and the loop makes up for
 //! it before the engine sees one:
 //! - a frame from a local sender or a veth peer may carry a **partial checksum** left for
-//!   offload; `PACKET_AUXDATA` says so (`TP_STATUS_CSUMNOTREADY`) and the checksum is completed
-//!   ([`checksum::complete_partial`]) before NAT updates it incrementally;
+//!   offload; `PACKET_AUXDATA` says so (`TP_STATUS_CSUMNOTREADY`) and the engine is told
+//!   ([`L4Checksum::Partial`]), which completes it before NAT updates it incrementally; a frame
+//!   whose checksum the NIC verified (`TP_STATUS_CSUM_VALID`) is handed over as such
+//!   ([`L4Checksum::Verified`]), and the engine verifies the rest, as the kernel's conntrack
+//!   does;
 //! - frames the engine itself sent come back as outgoing ones: `PACKET_IGNORE_OUTGOING` asks
 //!   the kernel not to, and the packet type is checked as well for kernels before 4.20;
 //! - a VLAN tag the NIC stripped (`TP_STATUS_VLAN_VALID`) would make a tagged frame look
@@ -39,9 +42,7 @@
 //! rewrite), and its flow is open, so handing it over again takes the established path.
 
 use crate::core::arp::{Side, FRAME_LEN};
-use crate::core::checksum;
-use crate::core::engine::{Action, Engine};
-use crate::core::packet::{parse, Payload};
+use crate::core::engine::{Action, Engine, L4Checksum, RxInfo};
 use crate::learn::Inbox;
 pub use tun::Tun;
 
@@ -390,6 +391,8 @@ fn offloads_off(fd: RawFd, name: &str) -> Result<(), IoError> {
 pub struct Meta {
     /// Its L4 checksum holds only the pseudo-header sum (`TP_STATUS_CSUMNOTREADY`).
     pub partial_checksum: bool,
+    /// Its L4 checksum was verified, by the NIC or the kernel (`TP_STATUS_CSUM_VALID`).
+    pub checksum_valid: bool,
     /// A VLAN tag was stripped from it.
     pub vlan: bool,
     /// Sent from this host, not received.
@@ -485,6 +488,7 @@ impl RxBatch {
                 // control buffer as the kernel filled it.
                 if let Some(aux) = unsafe { auxdata(&hdr.msg_hdr) } {
                     meta.partial_checksum = aux.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0;
+                    meta.checksum_valid = aux.tp_status & libc::TP_STATUS_CSUM_VALID != 0;
                     meta.vlan = aux.tp_status & libc::TP_STATUS_VLAN_VALID != 0;
                     meta.truncated |= aux.tp_len > aux.tp_snaplen;
                 }
@@ -594,8 +598,10 @@ pub struct Stats {
     pub sent: u64,
     /// Frames the kernel refused to send.
     pub send_failed: u64,
-    /// Frames whose partial checksum was completed.
+    /// Frames handed to the engine with a partial checksum, for it to complete.
     pub checksums_completed: u64,
+    /// Frames handed to the engine with a checksum the NIC verified.
+    pub checksums_verified: u64,
     /// Frames longer than the buffer or than the egress MTU (segments merged by offloads).
     pub oversize: u64,
     /// Frames whose VLAN tag the NIC stripped.
@@ -618,12 +624,14 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "received={} sent={} send_failed={} checksums_completed={} oversize={} vlan={} outgoing={} \
-             to_host={} from_host={} host_failed={} parked={} park_expired={}",
+            "received={} sent={} send_failed={} checksums_completed={} checksums_verified={} \
+             oversize={} vlan={} outgoing={} to_host={} from_host={} host_failed={} parked={} \
+             park_expired={}",
             self.received,
             self.sent,
             self.send_failed,
             self.checksums_completed,
+            self.checksums_verified,
             self.oversize,
             self.vlan,
             self.outgoing,
@@ -1040,14 +1048,18 @@ impl Driver {
                 stats.vlan += 1;
                 continue;
             }
-            if meta.partial_checksum {
-                if let Ok(Payload::Ip(ip)) = parse(frame).map(|p| p.payload) {
-                    if checksum::complete_partial(frame, &ip).is_ok() {
-                        stats.checksums_completed += 1;
-                    }
-                }
-            }
-            let action = engine.handle(side, frame, now, arp);
+            let checksum = if meta.partial_checksum {
+                stats.checksums_completed += 1;
+                L4Checksum::Partial
+            } else if meta.checksum_valid {
+                stats.checksums_verified += 1;
+                L4Checksum::Verified
+            } else {
+                L4Checksum::Unverified
+            };
+            let action = engine.handle_rx(side, frame, RxInfo { checksum }, now, arp);
+            // Replayed with `handle`: a partial checksum was completed in place by then, and a
+            // checksum the NIC vouched for is valid, so verifying it again only costs time.
             if unresolved(&action, frame) {
                 self.parking.park(frame, Origin::Side(side), now, stats);
             }

@@ -26,13 +26,18 @@
 //! every port range's edges and neighbours, the NAT addresses) and from special addresses; it
 //! writes TCP conversations as real endpoints do (handshake, data both ways, FIN or RST close,
 //! refused and unanswered SYNs, mid-stream pick-ups), UDP exchanges, pings, unsolicited replies
-//! and ICMP errors, other protocols and non-IP frames, and mangles packets: copies that both
-//! planes drop before their connection tables go before the real packet (IPv4 fragments, bad
-//! IHL, bad total length, bad header checksum, wrong version, truncated L4 headers, bad TCP data
-//! offset and UDP length, invalid TCP flag combinations, frames for another MAC, VLAN tags,
-//! other ethertypes); valid oddities stand for the real packet (IP options of NOPs, Ethernet
-//! padding, the reserved flag); TTL 0 and 1 and the broadcast MAC, which the kernel drops only
-//! after conntrack has seen the packet, are used on first packets only (see [`When`]).
+//! and ICMP errors, exchanges in other protocols (GRE plain, PPTP with and without matching
+//! call ids, of unknown versions, too short to translate; ESP, AH...) and non-IP frames, and
+//! mangles packets: copies that both planes drop before their connection tables go before the
+//! real packet (IPv4 fragments, bad IHL, bad total length, bad header checksum, wrong version,
+//! truncated L4 headers, bad TCP data offset and UDP length, invalid TCP flag combinations,
+//! TCP, UDP and ICMP checksums that do not verify (the field, or a byte it covers: both planes
+//! verify them as nothing else did), frames for another MAC, VLAN tags, other ethertypes);
+//! valid oddities stand for the real packet (IP options of NOPs, record-route, timestamp,
+//! router alert and others a router passes, Ethernet padding, the reserved flag, UDP without a
+//! checksum); source routes and malformed options ([`IP_OPTIONS`]), TTL 0 and 1 and the
+//! broadcast MAC, which the kernel drops only after conntrack has seen the packet, are used on
+//! first packets only (see [`When`]).
 //! Flows never share a tuple, nor the inside tuple of a port-forward, and WAN flows to the
 //! firewall's own address use ephemeral source ports, so that neither plane's choice of
 //! masquerade port can make a later flow a reply in one plane and not in the other.
@@ -40,8 +45,15 @@
 //! Left out, each because the planes differ by design, not by accident (see
 //! [`EXCLUDED`], which the test prints):
 //! - IPv6: the engine is IPv4-only for now (SPEC §3) and drops it;
-//! - complete fragment trains: the kernel reassembles them before conntrack and forwards the
-//!   packet, the engine drops every fragment (SPEC §8); lone fragments are generated;
+//! - complete fragment trains. The kernel plane's `nf_defrag_ipv4` (prerouting, before
+//!   conntrack) holds every fragment until its datagram is whole (`ipfrag_time`, 30 s), so
+//!   conntrack, NAT and ward's rules see only whole datagrams, and forwards an accepted one
+//!   fragmented again to the largest fragment size that came in; a train never completed is
+//!   freed silently (no ICMP for a forwarded one), and counted by no ward counter. The engine
+//!   drops every fragment as it arrives, as `fragmented_ipv4` (SPEC §8), and holds nothing.
+//!   So a lone or incomplete train is forwarded by neither plane, and is generated (first
+//!   fragments and later ones, each alone with its own IP ID: copies that both drop); a
+//!   complete train is forwarded by the kernel and not by the engine, by design, and is not;
 //! - ICMP errors related to a flow: the engine drops ICMP errors (module doc of
 //!   `engine::core::engine`); unrelated ones are generated;
 //! - ICMP timestamp, information and address-mask requests: the kernel tracks them like echo,
@@ -51,23 +63,21 @@
 //! - replies to LAN-side sources outside the LAN subnet: the engine routes to its two links and
 //!   the WAN gateway only, so they would go back out of the WAN (the kernel forwards that
 //!   hairpin, the engine does not); such flows get no replies;
-//! - replies in protocols other than TCP, UDP and ICMP echo, and their translation: the kernel
-//!   tracks and masquerades every protocol, the engine tracks and translates those three only.
-//!   Their first packets are generated and their verdicts compared, not their source address.
-//!   Without ports the kernel masquerades them by address alone, so a second LAN host's
-//!   packets of the same protocol to the same destination find no free tuple and are dropped
-//!   there (the engine forwards them untranslated): each such flow gets a destination and
-//!   protocol of its own;
+//! - SCTP and UDP-Lite: the kernel tracks them by ports (and verifies their checksums, SCTP's
+//!   state machine too), the engine by addresses alone, like every protocol it does not parse.
+//!   Other protocols are generated (GRE, ESP, AH, experimental) and compared whole, both ways
+//!   and translated. Without ports both planes masquerade them by address alone, so a second
+//!   LAN host's packets of the same protocol to the same destination find no free tuple and are
+//!   dropped in both: flows of that kind (`other-proto-clash`) are made on purpose; any other
+//!   flow gets a destination and protocol of its own, so that the rest stay independent;
 //! - TCP segments that only the kernel's window tracking or its finer state machine would call
 //!   invalid (out of window, an ACK before the SYN-ACK): the engine keeps SPEC §8's three
 //!   states and no windows; conversations are written in order and in window;
-//! - IPv4 options other than NOP and end-of-list: the kernel checks them (a malformed or
-//!   source-routed one drops the packet) and fills in record-route and timestamp options, the
-//!   engine forwards options as they are; only NOPs are generated;
-//! - bad L4 checksums: the kernel's conntrack verifies the TCP, UDP and ICMP checksums of
-//!   every frame the NIC did not verify (these veth frames included) and drops bad ones as
-//!   invalid; the engine does not verify them (`engine::core::packet`'s module doc), so it
-//!   forwards them. Every generated packet's checksums are right;
+//! - what the kernel writes into timestamp options (its time of day) and after an end-of-list
+//!   option (zeros): the engine has no wall clock and leaves both as they came. Whether such a
+//!   packet is forwarded is compared, as for every option generated ([`IP_OPTIONS`]); the
+//!   option bytes of the other forwarded packets are compared too (record-route, which both
+//!   fill in with the address the packet leaves from, router alert, security...);
 //! - masquerade's port: the kernel keeps the source port when it is free, the engine picks one
 //!   from its pool; that port is not compared (everything else of the packet is), nor the new
 //!   source port both give a flow that meets its own masqueraded reverse.
@@ -86,10 +96,12 @@ use std::time::{Duration, Instant};
 use testlab::Netns;
 
 /// What is left out, printed with the results (the module doc says why).
-const EXCLUDED: &str = "IPv6; complete fragment trains; ICMP errors related to a flow; ICMP \
-    timestamp/info/address-mask requests; IPv4 options but NOP/EOL; sources in the other side's \
-    subnet; replies to off-subnet LAN sources; replies and translation of protocols other than \
-    TCP/UDP/ICMP echo; out-of-window or out-of-order TCP; bad L4 checksums; masquerade's ports";
+const EXCLUDED: &str = "IPv6; complete fragment trains (the kernel reassembles and forwards \
+    them, the engine drops every fragment: SPEC §8); ICMP errors related to a flow; ICMP \
+    timestamp/info/address-mask requests; what the kernel writes into timestamp options and after \
+    an end-of-list option; sources in the other side's \
+    subnet; replies to off-subnet LAN sources; SCTP and UDP-Lite; out-of-window or \
+    out-of-order TCP; masquerade's ports";
 
 const DEFAULT_SEED: u64 = 0x0d1f_f00d_5eed_0001;
 const DEFAULT_PACKETS: usize = 12_000;
@@ -115,6 +127,7 @@ rules:
   - {id: wan-addr, action: deny, direction: ingress, destination: 198.51.100.1, protocol: tcp, destination_port: 8080}
   - {id: forwarded-web, action: accept, direction: ingress, destination: 192.168.50.10, protocol: tcp, destination_port: 80}
   - {id: deny-block, action: deny, direction: ingress, source: 198.51.100.64/26}
+  - {id: tunnel-in, action: accept, direction: ingress, source: 203.0.113.0/26, destination: 192.168.50.40/29}
   - {id: ssh-in, action: accept, direction: ingress, source: [198.51.100.0/24, 203.0.113.0/24], destination: 192.168.50.20, protocol: tcp, destination_port: 22}
   - {id: vpn-in, action: accept, direction: ingress, protocol: udp, destination_port: [1194, '6000-6010']}
   - {id: ping-in, action: accept, direction: ingress, protocol: icmp, destination: 192.168.50.0/28}
@@ -131,6 +144,7 @@ nat:
 const TCP: u8 = 6;
 const UDP: u8 = 17;
 const ICMP: u8 = 1;
+const GRE: u8 = 47;
 
 const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
@@ -214,6 +228,10 @@ struct Space {
     open_ports: Vec<(u16, u16)>,
     /// Port-forwards: WAN address, port, protocol, inside address and port.
     dnat: Vec<(Ipv4Addr, u16, u8, (Ipv4Addr, u16))>,
+    /// What accept rules for any protocol and port allow, by the side a flow starts from:
+    /// sources and destinations of this space inside the rule's prefixes. Flows of protocols
+    /// without ports are drawn from here half the time, or hardly any would be forwarded.
+    open_any: Vec<(Side, Vec<Ipv4Addr>, Vec<Ipv4Addr>)>,
 }
 
 fn space(policy: &policy::Policy, rng: &mut Rng) -> Space {
@@ -285,6 +303,7 @@ fn space(policy: &policy::Policy, rng: &mut Rng) -> Space {
         ports: Vec::new(),
         open_ports: Vec::new(),
         dnat: Vec::new(),
+        open_any: Vec::new(),
     };
     for a in candidates {
         let last = a.octets()[3];
@@ -312,6 +331,58 @@ fn space(policy: &policy::Policy, rng: &mut Rng) -> Space {
     for v in [&mut s.lan, &mut s.wan_link, &mut s.remote, &mut s.special] {
         v.sort();
         v.dedup();
+    }
+    for rule in &policy.rules {
+        let any = rule.action == policy::Action::Accept
+            && rule.protocol.is_none()
+            && rule.destination_port.is_empty()
+            && rule.destination_fqdn.is_empty();
+        if !any {
+            continue;
+        }
+        // Each prefix as its first and last address (none: anything).
+        let bounds = |nets: Vec<(IpAddr, IpAddr)>, from: Vec<&Vec<Ipv4Addr>>| -> Vec<Ipv4Addr> {
+            from.into_iter()
+                .flatten()
+                .copied()
+                .filter(|a| {
+                    let a = IpAddr::V4(*a);
+                    nets.is_empty() || nets.iter().any(|(lo, hi)| *lo <= a && a <= *hi)
+                })
+                .collect()
+        };
+        let sides: &[Side] = match rule.direction {
+            Some(policy::Direction::Egress) => &[Side::Lan],
+            Some(policy::Direction::Ingress) => &[Side::Wan],
+            None => &[Side::Lan, Side::Wan],
+            _ => &[],
+        };
+        for &side in sides {
+            let (srcs, dsts) = match side {
+                Side::Lan => (vec![&s.lan], vec![&s.remote, &s.wan_link]),
+                Side::Wan => (vec![&s.remote, &s.wan_link], vec![&s.lan]),
+            };
+            let entry = (
+                side,
+                bounds(
+                    rule.source
+                        .iter()
+                        .map(|n| (n.network(), n.broadcast()))
+                        .collect(),
+                    srcs,
+                ),
+                bounds(
+                    rule.destination
+                        .iter()
+                        .map(|n| (n.network(), n.broadcast()))
+                        .collect(),
+                    dsts,
+                ),
+            );
+            if !entry.1.is_empty() && !entry.2.is_empty() {
+                s.open_any.push(entry);
+            }
+        }
     }
     let mut ports: Vec<u16> = Vec::new();
     for rule in &policy.rules {
@@ -383,6 +454,14 @@ enum L4 {
         proto: u8,
         len: u16,
     },
+    /// GRE of `version` (0 plain, 1 PPTP carrying PPP unless `ppp` is false, with `call` as
+    /// its call id, or any other), `len` bytes in all: shorter than its header too.
+    Gre {
+        version: u8,
+        ppp: bool,
+        call: u16,
+        len: u16,
+    },
 }
 
 impl L4 {
@@ -392,6 +471,7 @@ impl L4 {
             L4::Udp { .. } => UDP,
             L4::Echo { .. } | L4::Icmp { .. } => ICMP,
             L4::Raw { proto, .. } => proto,
+            L4::Gre { .. } => GRE,
         }
     }
 }
@@ -435,7 +515,114 @@ enum Mangle {
     NonIp,
     /// The reserved ("evil") bit of the IPv4 flags.
     ReservedFlag,
+    /// A TCP, UDP or ICMP checksum that does not verify: the field itself damaged, or (with
+    /// `true`) a byte of what it covers.
+    BadL4Checksum(bool),
+    /// A UDP checksum of 0: none sent.
+    UdpNoChecksum,
+    /// The IPv4 options of [`IP_OPTIONS`] at this index.
+    IpOption(u8),
 }
+
+/// IPv4 options a packet may carry: a name, the bytes (whole words), whether a router passes
+/// them (Linux's `ip_options_compile` and `accept_source_route`, off by default), and whether
+/// both planes leave them byte for byte alike on a forwarded packet.
+#[allow(clippy::type_complexity)]
+const IP_OPTIONS: [(&str, &[u8], bool, bool); 28] = [
+    ("opt-rr", &[7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0], true, true),
+    (
+        "opt-rr-last-slot",
+        &[7, 11, 8, 10, 9, 9, 9, 0, 0, 0, 0, 0],
+        true,
+        true,
+    ),
+    ("opt-rr-full", &[7, 7, 8, 10, 9, 9, 9, 0], true, true),
+    (
+        "opt-ts",
+        &[68, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        true,
+        false,
+    ),
+    (
+        "opt-ts-addr",
+        &[68, 12, 5, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+        true,
+        false,
+    ),
+    (
+        "opt-ts-prespec-own",
+        &[68, 12, 5, 3, 198, 51, 100, 1, 0, 0, 0, 0],
+        true,
+        false,
+    ),
+    (
+        "opt-ts-prespec-other",
+        &[68, 12, 5, 3, 203, 0, 113, 5, 0, 0, 0, 0],
+        true,
+        false,
+    ),
+    ("opt-ts-full", &[68, 8, 9, 0x10, 0, 0, 0, 1], true, false),
+    (
+        "opt-ts-overflow",
+        &[68, 8, 9, 0xf0, 0, 0, 0, 1],
+        false,
+        false,
+    ),
+    ("opt-ts-pointer", &[68, 8, 4, 0, 0, 0, 0, 0], false, false),
+    (
+        "opt-ts-addr-short",
+        &[68, 8, 5, 1, 0, 0, 0, 0],
+        false,
+        false,
+    ),
+    (
+        "opt-ts-odd-flag-twice",
+        &[68, 8, 5, 2, 0, 0, 0, 0, 68, 8, 5, 0, 0, 0, 0, 0],
+        false,
+        false,
+    ),
+    ("opt-ts-odd-flag", &[68, 8, 5, 2, 0, 0, 0, 0], true, false),
+    (
+        "opt-ts-prespec-full",
+        &[68, 12, 13, 0xf3, 198, 51, 100, 1, 0, 0, 0, 1],
+        true,
+        false,
+    ),
+    (
+        "opt-ts-addr-full",
+        &[68, 12, 13, 0xf1, 198, 51, 100, 1, 0, 0, 0, 1],
+        false,
+        false,
+    ),
+    ("opt-lsrr", &[131, 7, 4, 203, 0, 113, 5, 0], false, false),
+    (
+        "opt-ssrr",
+        &[137, 11, 4, 203, 0, 113, 5, 198, 51, 100, 1, 0],
+        false,
+        false,
+    ),
+    ("opt-cipso", &[134, 8, 0, 0, 0, 1, 0, 0], false, false),
+    ("opt-ra", &[148, 4, 0, 0], true, true),
+    ("opt-ra-short", &[148, 3, 0, 0], false, false),
+    (
+        "opt-sec-sid-exp",
+        &[130, 3, 0, 136, 4, 0, 1, 0x5e, 4, 0xaa, 0xbb, 0],
+        true,
+        true,
+    ),
+    ("opt-len-0", &[7, 0, 0, 0], false, false),
+    ("opt-len-1", &[130, 1, 0, 0], false, false),
+    ("opt-len-long", &[7, 9, 4, 0, 0, 0, 0, 0], false, false),
+    ("opt-rr-pointer", &[7, 7, 3, 0, 0, 0, 0, 0], false, false),
+    (
+        "opt-rr-twice",
+        &[7, 7, 8, 1, 2, 3, 4, 7, 7, 8, 1, 2, 3, 4, 0, 0],
+        false,
+        false,
+    ),
+    ("opt-eol-junk", &[1, 0, 7, 0xff], true, false),
+    ("opt-no-room-for-length", &[1, 1, 1, 7], false, false),
+];
 
 /// Where a mangled packet stops, which says where it may go in a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -455,9 +642,14 @@ enum When {
 impl Mangle {
     fn when(&self) -> When {
         match self {
-            Mangle::None | Mangle::Options(_) | Mangle::Padding(_) | Mangle::ReservedFlag => {
-                When::Valid
-            }
+            Mangle::None
+            | Mangle::Options(_)
+            | Mangle::Padding(_)
+            | Mangle::ReservedFlag
+            | Mangle::UdpNoChecksum => When::Valid,
+            // Refused after conntrack saw them (`ip_rcv_options`), like an expiring TTL.
+            Mangle::IpOption(i) if !IP_OPTIONS[usize::from(*i)].2 => When::Late,
+            Mangle::IpOption(_) => When::Valid,
             Mangle::Ttl(_) | Mangle::BroadcastMac => When::Late,
             _ => When::Early,
         }
@@ -486,6 +678,10 @@ impl Mangle {
             Mangle::Vlan => "vlan".into(),
             Mangle::NonIp => "non-ip".into(),
             Mangle::ReservedFlag => "reserved-flag".into(),
+            Mangle::BadL4Checksum(false) => "bad-l4-checksum".into(),
+            Mangle::BadL4Checksum(true) => "bad-l4-data".into(),
+            Mangle::UdpNoChecksum => "udp-no-checksum".into(),
+            Mangle::IpOption(i) => IP_OPTIONS[usize::from(*i)].0.into(),
         }
     }
 }
@@ -560,6 +756,8 @@ struct Gen<'a> {
     packets: usize,
     /// Original tuples in use (either way round), so that no two flows share one.
     tuples: HashSet<(Ipv4Addr, u16, Ipv4Addr, u16, u8)>,
+    /// LAN hosts' flows of protocols without ports, masqueraded: source, destination, protocol.
+    masqueraded_other: Vec<(Ipv4Addr, Ipv4Addr, u8)>,
 }
 
 /// Rounds over which flows start.
@@ -641,8 +839,15 @@ impl Gen<'_> {
     /// Endpoints for a flow of `proto` from `from`: (src, dst, sport, dport, replies allowed);
     /// `None` when every draw hit a tuple in use (protocols without ports run out first).
     fn endpoints(&mut self, from: Side, proto: u8) -> Option<(Ipv4Addr, Ipv4Addr, u16, u16, bool)> {
+        let open: Vec<&(Side, Vec<Ipv4Addr>, Vec<Ipv4Addr>)> =
+            self.space.open_any.iter().filter(|o| o.0 == from).collect();
         for _ in 0..100 {
+            let allowed = !matches!(proto, TCP | UDP | ICMP) && !open.is_empty();
             let (src, dst, dport, replies) = match from {
+                _ if allowed && self.rng.chance(50) => {
+                    let (_, srcs, dsts) = open[self.rng.below(open.len() as u64) as usize];
+                    (self.rng.pick(srcs), self.rng.pick(dsts), None, true)
+                }
                 Side::Lan => {
                     let (src, a) = self.lan_source();
                     let (dst, b) = self.lan_destination();
@@ -733,7 +938,7 @@ impl Gen<'_> {
     fn mangle(&mut self, l4: &L4) -> Mangle {
         let proto = l4.proto();
         loop {
-            let m = match self.rng.below(22) {
+            let m = match self.rng.below(28) {
                 0 => Mangle::Options(self.rng.range(1, 10) as u8),
                 1 => Mangle::Padding(self.rng.range(1, 40) as u8),
                 2 => Mangle::Ttl(self.rng.range(0, 1) as u8),
@@ -778,6 +983,11 @@ impl Gen<'_> {
                 19 => Mangle::Vlan,
                 20 => Mangle::NonIp,
                 21 => Mangle::ReservedFlag,
+                22 | 23 if matches!(proto, TCP | UDP | ICMP) => {
+                    Mangle::BadL4Checksum(self.rng.chance(50))
+                }
+                24 if proto == UDP => Mangle::UdpNoChecksum,
+                25..=27 => Mangle::IpOption(self.rng.below(IP_OPTIONS.len() as u64) as u8),
                 _ => continue,
             };
             return m;
@@ -795,9 +1005,26 @@ impl Gen<'_> {
         mangle_percent: u64,
         replace_first: bool,
     ) {
-        let Some((src, dst, sport, dport, replies)) = self.endpoints(from, proto) else {
+        let Some(endpoints) = self.endpoints(from, proto) else {
             return;
         };
+        let (src, dst) = (endpoints.0, endpoints.1);
+        if from == Side::Lan && !matches!(proto, TCP | UDP | ICMP) && in_net(src, LAN_NET) {
+            self.masqueraded_other.push((src, dst, proto));
+        }
+        self.push_flow(kind, from, endpoints, make, mangle_percent, replace_first);
+    }
+
+    /// [`Gen::push`] with the endpoints given: (src, dst, sport, dport, replies allowed).
+    fn push_flow(
+        &mut self,
+        kind: &'static str,
+        from: Side,
+        (src, dst, sport, dport, replies): (Ipv4Addr, Ipv4Addr, u16, u16, bool),
+        make: impl FnOnce(&mut Self) -> Vec<(Dir, L4)>,
+        mangle_percent: u64,
+        replace_first: bool,
+    ) {
         let mut packets = make(self);
         if !replies {
             // Only what the first side sends before an answer (see the module doc): what it
@@ -1000,17 +1227,55 @@ fn icmp_unsolicited(rng: &mut Rng) -> Vec<(Dir, L4)> {
     vec![(Dir::Orig, l4)]
 }
 
-/// Protocols without ports that nothing on the path looks into (ESP, experimental).
-const OTHER_PROTOCOLS: [u8; 3] = [50, 253, 254];
+/// Protocols without ports, which both planes track by address alone (ESP, AH,
+/// experimental), and GRE, whose PPTP call id is part of its tuple.
+const OTHER_PROTOCOLS: [u8; 5] = [GRE, 50, 51, 253, 254];
 
-fn raw(rng: &mut Rng, proto: u8) -> Vec<(Dir, L4)> {
-    vec![(
-        Dir::Orig,
-        L4::Raw {
-            proto,
-            len: rng.range(4, 60) as u16,
-        },
-    )]
+/// Packets of another protocol both ways, as a tunnel's endpoints send them. GRE is mostly
+/// plain, sometimes PPTP (its call id 0, which a reply with call id 0 matches, or one of its
+/// own, which no reply matches without a PPTP helper), sometimes PPTP not carrying PPP (no
+/// tuple, invalid) or of a version no NAT translates back, and now and then shorter than the
+/// 8 bytes the kernel's NAT needs to translate it.
+fn other_exchange(rng: &mut Rng, proto: u8) -> Vec<(Dir, L4)> {
+    let (version, ppp, call, reply_call) = match rng.below(100) {
+        0..=59 => (0, true, 0, 0),
+        60..=69 => (1, true, 0, 0),
+        70..=79 => {
+            let (a, b) = (rng.range(1, 65_535) as u16, rng.range(1, 65_535) as u16);
+            (1, true, a, b)
+        }
+        80..=84 => (1, false, rng.range(0, 65_535) as u16, 0),
+        _ => (rng.range(2, 7) as u8, true, 0, 0),
+    };
+    let l4 = |rng: &mut Rng, dir: Dir| {
+        let len = if rng.chance(10) {
+            rng.range(0, 7)
+        } else {
+            rng.range(8, 60)
+        } as u16;
+        match proto {
+            GRE => L4::Gre {
+                version,
+                ppp,
+                call: if dir == Dir::Orig { call } else { reply_call },
+                len,
+            },
+            _ => L4::Raw {
+                proto,
+                len: len.max(4),
+            },
+        }
+    };
+    let mut p = vec![(Dir::Orig, l4(rng, Dir::Orig))];
+    for _ in 0..rng.below(5) {
+        let dir = if rng.chance(60) {
+            Dir::Reply
+        } else {
+            Dir::Orig
+        };
+        p.push((dir, l4(rng, dir)));
+    }
+    p
 }
 
 fn generate(rng: &mut Rng, space: &Space, target: usize) -> Vec<Flow> {
@@ -1020,6 +1285,7 @@ fn generate(rng: &mut Rng, space: &Space, target: usize) -> Vec<Flow> {
         flows: Vec::new(),
         packets: 0,
         tuples: HashSet::new(),
+        masqueraded_other: Vec::new(),
     };
     while g.packets < target {
         let from = if g.rng.chance(55) {
@@ -1062,9 +1328,34 @@ fn generate(rng: &mut Rng, space: &Space, target: usize) -> Vec<Flow> {
                 10,
                 false,
             ),
+            _ if g.rng.chance(15) && !g.masqueraded_other.is_empty() => {
+                // Another LAN host to where one is masqueraded already, in the same protocol
+                // without ports: the same reply tuple, so both planes refuse it while the
+                // first one's flow lives (and forward it if it comes first).
+                let (first, dst, proto) = g.rng.pick(&g.masqueraded_other);
+                let src = g.lan_host();
+                if src != first {
+                    let kind = "other-proto-clash";
+                    let make = |g: &mut Gen| other_exchange(g.rng, proto);
+                    g.push_flow(kind, Side::Lan, (src, dst, 0, 0, true), make, 10, true);
+                }
+            }
             _ => {
-                let proto = g.rng.pick(&OTHER_PROTOCOLS);
-                g.push("other-proto", from, proto, |g| raw(g.rng, proto), 10, false)
+                // GRE half the time: its versions and call ids make the most cases.
+                let proto = if g.rng.chance(50) {
+                    GRE
+                } else {
+                    g.rng.pick(&OTHER_PROTOCOLS)
+                };
+                let kind = if proto == GRE { "gre" } else { "other-proto" };
+                g.push(
+                    kind,
+                    from,
+                    proto,
+                    |g| other_exchange(g.rng, proto),
+                    10,
+                    true,
+                )
             }
         }
     }
@@ -1185,6 +1476,22 @@ fn l4_bytes(
             }
         }
         L4::Raw { len, .. } => b.extend_from_slice(&payload(tag, usize::from(len))),
+        L4::Gre {
+            version,
+            ppp,
+            call,
+            len,
+        } => {
+            // Flags (PPTP's key and sequence bits), version, protocol; PPTP's payload length
+            // and call id, or four bytes of a plain GRE payload; then the tag.
+            let protocol: u16 = if ppp { 0x880b } else { 0x0800 };
+            b.extend_from_slice(&[if version == 1 { 0x30 } else { 0 }, version]);
+            b.extend_from_slice(&protocol.to_be_bytes());
+            b.extend_from_slice(&len.saturating_sub(8).to_be_bytes());
+            b.extend_from_slice(&call.to_be_bytes());
+            b.extend_from_slice(&payload(tag, 60));
+            b.truncate(usize::from(len));
+        }
     }
     if matches!(l4, L4::Echo { .. } | L4::Icmp { .. }) {
         let sum = fold(sum16(&b, 0));
@@ -1336,6 +1643,35 @@ fn mangle(mut f: Vec<u8>, m: Mangle, proto: u8) -> Vec<u8> {
         Mangle::ReservedFlag => {
             f[20] |= 0x80;
             ip_checksum(&mut f, 20);
+        }
+        Mangle::BadL4Checksum(in_data) => {
+            let sum_at = 34
+                + match proto {
+                    TCP => 16,
+                    UDP => 6,
+                    _ => 2,
+                };
+            // A byte the checksum covers and no plane reads for anything else: the sequence
+            // number's, the first of UDP's payload, the echo sequence number's.
+            let at = match (in_data, proto) {
+                (false, _) => sum_at + 1,
+                (true, TCP) => 34 + 4,
+                (true, UDP) => 34 + 8,
+                (true, _) => 34 + 6,
+            };
+            f[at] ^= 0x01;
+            if proto == UDP && f[sum_at..sum_at + 2] == [0, 0] {
+                // A UDP checksum of 0 would mean none: damage it otherwise.
+                f[sum_at] ^= 0x80;
+            }
+        }
+        Mangle::UdpNoChecksum => f[34 + 6..34 + 8].copy_from_slice(&[0, 0]),
+        Mangle::IpOption(i) => {
+            let opts = IP_OPTIONS[usize::from(i)].1;
+            f.splice(34..34, opts.iter().copied());
+            f[14] = 0x40 | (5 + opts.len() / 4) as u8;
+            set_total_len(&mut f, total + opts.len());
+            ip_checksum(&mut f, 20 + opts.len());
         }
     }
     f
@@ -1973,13 +2309,16 @@ fn kernel_and_engine_agree_on_every_packet() {
                     },
                     ..*o
                 };
-                if matches!(k.proto, TCP | UDP | ICMP) {
-                    mask(k) == mask(e)
-                } else {
-                    // Untracked protocols: the kernel masquerades them, the engine does not
-                    // translate them (see the module doc); where they go must agree.
-                    (k.side, k.dst, k.ttl) == (e.side, e.dst, e.ttl)
-                }
+                // The options of a forwarded packet, where both planes write them alike.
+                let options = |f: &[u8]| f[34..14 + usize::from(f[14] & 0x0f) * 4].to_vec();
+                let alike = match step.mangle {
+                    Mangle::IpOption(i) => IP_OPTIONS[usize::from(i)].3,
+                    _ => true,
+                };
+                let (Verdict::Forwarded(_, kf), Verdict::Forwarded(_, ef)) = (kv, ev) else {
+                    unreachable!("both forwarded")
+                };
+                mask(k) == mask(e) && (!alike || options(kf) == options(ef))
             }
             (Verdict::Dropped(_), Verdict::Dropped(_)) => true,
             _ => false,

@@ -13,8 +13,16 @@
 //! 0x0000 is sent as 0xFFFF (RFC 768). That holds for UDP over IPv6 too, where a zero checksum
 //! is allowed for tunnels (RFC 6935) and Linux's NAT leaves it alone likewise.
 //! They assume complete checksums: a frame whose checksum was left partial for offload
-//! (AF_PACKET's `TP_STATUS_CSUMNOTREADY`) holds only the pseudo-header sum, and the I/O layer
-//! completes it first with [`complete_partial`].
+//! (AF_PACKET's `TP_STATUS_CSUMNOTREADY`) holds only the pseudo-header sum, and is completed
+//! first with [`complete_partial`].
+//!
+//! [`l4_valid`] verifies an L4 checksum from scratch, as the kernel's conntrack does for every
+//! TCP, UDP and ICMP packet that arrives without the NIC having verified it (see
+//! [`Engine::handle_rx`](super::engine::Engine::handle_rx)). It and [`complete_partial`] are
+//! the only readers of a payload here; they share one summing loop, which adds 32-bit words so that a
+//! 1500-byte packet costs a few hundred additions. smoltcp's own summing is private to it, and
+//! its public `UdpPacket::verify_checksum` covers the UDP length where the kernel covers the
+//! whole IP payload.
 
 use super::packet::{proto, Ip, L4};
 use ::core::net::IpAddr;
@@ -65,7 +73,7 @@ fn l4_sum(ip: &Ip) -> Result<Option<L4Sum>, Mismatch> {
         L4::Tcp { .. } => (16, true, false),
         L4::Udp { .. } => (6, true, true),
         L4::Icmp { .. } => (2, ip.proto == proto::ICMPV6, false),
-        L4::Other => return Ok(None),
+        L4::Gre { .. } | L4::Other => return Ok(None),
     };
     let at = ip.offsets.l4.checked_add(field).ok_or(Mismatch)?;
     Ok(Some(L4Sum { at, pseudo, udp }))
@@ -144,18 +152,72 @@ pub fn addr_changed(frame: &mut [u8], ip: &Ip, old: IpAddr, new: IpAddr) -> Resu
 /// protocols have no checksum the engine knows and are left as they are. Reads the payload,
 /// unlike the updates: only for the frames that need it.
 pub fn complete_partial(frame: &mut [u8], ip: &Ip) -> Result<(), Mismatch> {
-    let Some(sum) = l4_sum(ip)? else {
+    let Some(l4) = l4_sum(ip)? else {
         return Ok(());
     };
     let body = frame.get(ip.offsets.l4..ip.offsets.end).ok_or(Mismatch)?;
-    // At most 0xFFFF per word and 2^15 words in an IP packet: no overflow in a u64.
-    let total: u64 = body.chunks(2).map(|pair| u64::from(word(pair))).sum();
-    let mut complete = !fold(total);
-    if sum.udp && complete == 0 {
+    let mut complete = !fold(sum(body));
+    if l4.udp && complete == 0 {
         complete = 0xffff;
     }
-    *field(frame, sum.at)? = complete.to_be_bytes();
+    *field(frame, l4.at)? = complete.to_be_bytes();
     Ok(())
+}
+
+/// Whether the L4 checksum of the packet in `frame` (parsed as `ip`) verifies, as the kernel's
+/// conntrack checks it (`nf_ip_checksum`, `nf_ip6_checksum`): over the whole IP payload (for UDP
+/// too, whatever its length field says), with the pseudo-header for TCP, UDP and ICMPv6 whose
+/// length is the IP payload's. A UDP checksum of 0 means none was sent, over IPv4 and, as
+/// conntrack reads it, over IPv6 too. Protocols without a checksum known here (GRE and the
+/// rest) verify; a frame that `ip` does not describe does not.
+pub fn l4_valid(frame: &[u8], ip: &Ip) -> bool {
+    let Ok(l4) = l4_sum(ip) else {
+        return false;
+    };
+    let Some(l4) = l4 else {
+        return true;
+    };
+    let (Some(body), Some(field)) = (
+        frame.get(ip.offsets.l4..ip.offsets.end),
+        frame.get(l4.at..l4.at + 2),
+    ) else {
+        return false;
+    };
+    if l4.udp && field == [0, 0] {
+        return true;
+    }
+    let mut total = sum(body);
+    if l4.pseudo {
+        total += match (ip.src, ip.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => sum(&s.octets()) + sum(&d.octets()),
+            (IpAddr::V6(s), IpAddr::V6(d)) => sum(&s.octets()) + sum(&d.octets()),
+            _ => return false,
+        };
+        // The pseudo-header's protocol and length words (IPv6's 32-bit length has a zero
+        // upper word for every packet that fits a frame).
+        total += u64::from(ip.proto) + body.len() as u64;
+    }
+    fold(total) == 0xffff
+}
+
+/// The one's-complement sum of `bytes` read as big-endian 16-bit words (a lone last byte is the
+/// high byte of its word), not yet folded. Read 64 bits at a time as two 32-bit words: 2^16 is
+/// 1 modulo 0xFFFF, so a 32-bit word adds what its two halves add. At most 2^33 per 8 bytes:
+/// no IP packet can overflow the u64.
+pub(crate) fn sum(bytes: &[u8]) -> u64 {
+    let mut total: u64 = 0;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        if let Ok(eight) = <[u8; 8]>::try_from(chunk) {
+            let v = u64::from_be_bytes(eight);
+            total += (v >> 32) + (v & 0xffff_ffff);
+        }
+    }
+    // The remainder starts at a multiple of 8, so its pairs are words of the whole.
+    for pair in chunks.remainder().chunks(2) {
+        total += u64::from(word(pair));
+    }
+    total
 }
 
 /// Adds the carries back in (end-around carry) until the sum fits 16 bits.
@@ -690,6 +752,124 @@ mod tests {
         let before = other.clone();
         assert_eq!(l4_word_changed(&mut other, &ip, 1, 2), Ok(()));
         assert_eq!(other, before);
+    }
+
+    proptest::proptest! {
+        /// Summing 64 bits at a time gives the RFC 1071 sum word by word, for any length.
+        #[test]
+        fn sum_is_the_word_by_word_sum(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let words: Vec<u16> = bytes
+                .chunks(2)
+                .map(|p| u16::from_be_bytes([p[0], p.get(1).copied().unwrap_or(0)]))
+                .collect();
+            proptest::prop_assert_eq!(!fold(sum(&bytes)), full(&words));
+        }
+
+        /// A packet with a full checksum verifies, as smoltcp says it does; one bit flipped
+        /// anywhere in the segment (or in an address the pseudo-header covers) does not, unless
+        /// it leaves a UDP checksum of 0, which means none.
+        #[test]
+        fn l4_valid_accepts_full_checksums_and_no_flipped_bit(
+            (v6, proto, src, dst, a, b, payload, no_udp_sum) in packet(),
+            at in proptest::num::usize::ANY,
+            bit in 0..8u8,
+            in_address in proptest::bool::weighted(0.2),
+        ) {
+            let (f, ip) = build(v6, proto, src, dst, a, b, &payload, no_udp_sum);
+            proptest::prop_assert!(l4_valid(&f, &ip));
+            proptest::prop_assert!(verifies(&f, &ip));
+            let mut g = f.clone();
+            let (from, to) = match (in_address, v6) {
+                (true, false) => (ip.offsets.l3 + 12, ip.offsets.l3 + 20),
+                (true, true) => (ip.offsets.l3 + 8, ip.offsets.l3 + 40),
+                (false, _) => (ip.offsets.l4, ip.offsets.end),
+            };
+            let at = from + at % (to - from);
+            g[at] ^= 1 << bit;
+            if in_address && !v6 {
+                // Keep the IPv4 header valid: only the L4 checksum is under test.
+                Ipv4Packet::new_unchecked(&mut g[ip.offsets.l3..ip.offsets.l4]).fill_checksum();
+            }
+            let Ok(Payload::Ip(flipped)) = parse(&g).map(|p| p.payload) else {
+                // The flip broke the header (a length, a data offset): not for this test.
+                return Ok(());
+            };
+            let covered = !(proto == proto::ICMP && in_address);
+            let absent = proto == proto::UDP && l4_checksum(&g, &flipped) == 0;
+            proptest::prop_assert_eq!(l4_valid(&g, &flipped), !covered || absent);
+        }
+    }
+
+    #[test]
+    fn udp_is_verified_over_the_ip_payload_as_the_kernel_does() {
+        let src = IpAddr::V4(Ipv4Addr::new(192, 168, 1, 10));
+        let dst = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+        // A datagram whose UDP length leaves two bytes of the IP payload out, checksummed
+        // over the UDP length as RFC 768 has it: smoltcp accepts it, the kernel's conntrack
+        // (which sums the IP payload, pseudo-header length included) does not.
+        let (f, _) = build(false, proto::UDP, src, dst, 40000, 53, b"query\0\0", false);
+        let mut g = f.clone();
+        let ip = parsed(&g);
+        let l4 = ip.offsets.l4;
+        g[l4 + 4..l4 + 6].copy_from_slice(&13u16.to_be_bytes());
+        g[l4 + 6..l4 + 8].copy_from_slice(&[0, 1]);
+        let (s, d) = (IpAddress::from(src), IpAddress::from(dst));
+        UdpPacket::new_unchecked(&mut g[l4..]).fill_checksum(&s, &d);
+        let ip = parsed(&g);
+        assert!(UdpPacket::new_unchecked(&g[l4..]).verify_checksum(&s, &d));
+        assert!(!l4_valid(&g, &ip));
+        // The same with the UDP length covering the whole payload verifies.
+        assert!(l4_valid(&f, &parsed(&f)));
+    }
+
+    #[test]
+    fn zero_udp_checksums_are_none_and_zero_icmp_is_wrong() {
+        for v6 in [false, true] {
+            let (src, dst) = if v6 {
+                (
+                    IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1)),
+                    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+                )
+            } else {
+                (
+                    IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+                    IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+                )
+            };
+            let (f, ip) = build(v6, proto::UDP, src, dst, 1, 2, b"x", true);
+            assert_eq!(l4_checksum(&f, &ip), 0);
+            assert!(l4_valid(&f, &ip), "v6: {v6}");
+        }
+        // An all-zero ICMP message with a zero checksum sums to 0, not 0xFFFF.
+        let zero = frame(
+            false,
+            proto::ICMP,
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            &[0; 8],
+        );
+        assert!(!l4_valid(&zero, &parsed(&zero)));
+        // Other protocols carry nothing verified here; a frame shorter than its packet fails.
+        let gre = frame(
+            false,
+            47,
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            &[0xde, 0xad, 0xbe, 0xef],
+        );
+        assert!(l4_valid(&gre, &parsed(&gre)));
+        let (f, ip) = build(
+            false,
+            proto::TCP,
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            1,
+            2,
+            b"data",
+            false,
+        );
+        assert!(l4_valid(&f, &ip));
+        assert!(!l4_valid(&f[..f.len() - 1], &ip));
     }
 
     #[test]

@@ -35,7 +35,9 @@ pub const BYTES_PER_FLOW: usize = ::core::mem::size_of::<Option<Entry>>()
     + ::core::mem::size_of::<u32>();
 
 /// One direction of a flow. ICMP echo uses the identifier as both ports, so that a request and
-/// its reply are each other's reverse.
+/// its reply are each other's reverse. Protocols without ports have 0 for both, but GRE, whose
+/// PPTP call id is the destination port (the source "port" is 0: the kernel's GRE tracker
+/// learns the other key only from a PPTP helper, which ward does not use).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tuple {
     pub src: IpAddr,
@@ -46,14 +48,17 @@ pub struct Tuple {
 }
 
 impl Tuple {
-    /// The tuple of a TCP, UDP or ICMP echo packet; `None` for what the table does not track.
+    /// The tuple of a packet; `None` for ICMP other than echo, which the table does not track
+    /// (an error belongs to the flow it quotes, not to one of its own).
     pub fn of(ip: &Ip) -> Option<Tuple> {
         let (sport, dport) = match ip.l4 {
             L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport } => (sport, dport),
             L4::Icmp {
                 echo_id: Some(id), ..
             } => (id, id),
-            L4::Icmp { echo_id: None, .. } | L4::Other => return None,
+            L4::Icmp { echo_id: None, .. } => return None,
+            L4::Gre { key } => (0, key),
+            L4::Other => (0, 0),
         };
         Some(Tuple {
             src: ip.src,
@@ -147,6 +152,14 @@ impl From<policy::ConntrackTimeouts> for Timeouts {
     }
 }
 
+/// Seconds a flow of another protocol lives after its last packet. The policy's
+/// `conntrack_timeouts` name none of these, and the kernel plane leaves them at the kernel's
+/// defaults, so these are the kernel's: `nf_conntrack_generic_timeout`, and GRE's
+/// `nf_conntrack_gre_timeout` (nothing seen back yet) and `nf_conntrack_gre_timeout_stream`.
+pub const GENERIC_TIMEOUT_S: u32 = 600;
+pub const GRE_UNREPLIED_TIMEOUT_S: u32 = 30;
+pub const GRE_REPLIED_TIMEOUT_S: u32 = 180;
+
 impl Timeouts {
     fn millis(&self, state: State) -> u64 {
         let secs = match state {
@@ -155,6 +168,9 @@ impl Timeouts {
             State::TcpTimeWait => self.tcp_time_wait,
             State::UdpUnreplied | State::UdpReplied => self.udp_idle,
             State::IcmpEcho => self.icmp_echo,
+            State::GreUnreplied => GRE_UNREPLIED_TIMEOUT_S,
+            State::GreReplied => GRE_REPLIED_TIMEOUT_S,
+            State::Generic => GENERIC_TIMEOUT_S,
         };
         u64::from(secs) * 1000
     }
@@ -172,6 +188,12 @@ pub enum State {
     /// UDP after a reply: established.
     UdpReplied,
     IcmpEcho,
+    /// GRE, before and after a packet from the reply side.
+    GreUnreplied,
+    GreReplied,
+    /// Any other protocol: by addresses and protocol alone, as the kernel's generic tracker
+    /// has it (ESP, AH, IP-in-IP...).
+    Generic,
 }
 
 /// What the first packet of a flow (a packet no entry knows) may do.
@@ -179,7 +201,7 @@ pub enum State {
 pub enum Opening {
     /// Evaluate it; if accepted, open an entry in this state.
     Track(State),
-    /// Evaluate it on its own; no entry (ICMPv6 neighbour discovery, protocols not tracked).
+    /// Evaluate it on its own; no entry (ICMPv6 neighbour discovery and MLD).
     Untracked,
     /// It cannot start a flow: drop it before any rule, as `malformed_packet`, which is how
     /// the kernel data plane counts its conntrack-invalid drops. (ICMP errors related to a
@@ -192,7 +214,8 @@ impl Opening {
     /// opens with a SYN, or mid-stream with a bare ACK (`nf_conntrack_tcp_loose`, on by
     /// default); a SYN-ACK, FIN, RST or no flag at all is invalid. ICMP opens only with an
     /// echo request; an unsolicited echo reply or error is invalid, except ICMPv6 neighbour
-    /// discovery and MLD, which the kernel leaves untracked.
+    /// discovery and MLD, which the kernel leaves untracked. Any other protocol opens a flow
+    /// with whatever packet comes first, as with the kernel's GRE and generic trackers.
     pub fn of(ip: &Ip) -> Opening {
         match ip.l4 {
             L4::Tcp { flags, .. } => {
@@ -218,7 +241,8 @@ impl Opening {
                 (proto::ICMPV6, 130..=137 | 143) => Opening::Untracked,
                 _ => Opening::Invalid,
             },
-            L4::Other => Opening::Untracked,
+            L4::Gre { .. } => Opening::Track(State::GreUnreplied),
+            L4::Other => Opening::Track(State::Generic),
         }
     }
 }
@@ -598,6 +622,7 @@ fn next_state(state: State, dir: Dir, l4: &L4) -> Option<State> {
             }
         }
         (_, State::UdpUnreplied) if dir == Dir::Reply => Some(State::UdpReplied),
+        (_, State::GreUnreplied) if dir == Dir::Reply => Some(State::GreReplied),
         _ => Some(state),
     }
 }
@@ -605,7 +630,7 @@ fn next_state(state: State, dir: Dir, l4: &L4) -> Option<State> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::packet::Offsets;
+    use crate::core::packet::{Offsets, Options};
     use ::core::mem::size_of;
     use ::core::net::{Ipv4Addr, Ipv6Addr};
     use std::collections::HashMap;
@@ -754,6 +779,44 @@ mod tests {
         );
     }
 
+    #[test]
+    fn other_protocols_are_tracked_by_address_with_the_kernels_timeouts() {
+        let mut ct = table(16);
+        let esp = tuple(50, 0, 0);
+        ct.open(esp, esp.reversed(), State::Generic, None, 0)
+            .unwrap();
+        let hit = ct.track(&esp.reversed(), &L4::Other, SEC).unwrap();
+        assert_eq!((hit.dir, hit.state), (Dir::Reply, State::Generic));
+        assert!(ct.track(&esp, &L4::Other, 600 * SEC).is_some());
+        assert!(
+            ct.track(&esp, &L4::Other, 1201 * SEC).is_none(),
+            "600 s idle"
+        );
+
+        // GRE: 30 s until something comes back, 180 s after.
+        let gre = tuple(proto::GRE, 0, 0);
+        let l4 = L4::Gre { key: 0 };
+        ct.open(gre, gre.reversed(), State::GreUnreplied, None, 0)
+            .unwrap();
+        assert_eq!(
+            ct.track(&gre, &l4, 29 * SEC).unwrap().state,
+            State::GreUnreplied
+        );
+        assert!(
+            ct.track(&gre, &l4, 60 * SEC).is_none(),
+            "unreplied for 30 s"
+        );
+        ct.open(gre, gre.reversed(), State::GreUnreplied, None, 60 * SEC)
+            .unwrap();
+        let hit = ct.track(&gre.reversed(), &l4, 61 * SEC).unwrap();
+        assert_eq!(hit.state, State::GreReplied);
+        assert!(ct.track(&gre, &l4, 240 * SEC).is_some());
+        assert!(
+            ct.track(&gre, &l4, 421 * SEC).is_none(),
+            "180 s once replied"
+        );
+    }
+
     fn ip(src: IpAddr, dst: IpAddr, proto: u8, l4: L4) -> Ip {
         Ip {
             src,
@@ -766,6 +829,7 @@ mod tests {
                 l4: 34,
                 end: 60,
             },
+            options: Options::default(),
         }
     }
 
@@ -949,8 +1013,23 @@ mod tests {
         assert_eq!(icmp(proto::ICMPV6, 129), Opening::Invalid);
         assert_eq!(icmp(proto::ICMPV6, 135), Opening::Untracked);
         assert_eq!(icmp(proto::ICMPV6, 1), Opening::Invalid);
-        assert_eq!(Opening::of(&ip(a, b, 47, L4::Other)), Opening::Untracked);
-        assert_eq!(Tuple::of(&ip(a, b, 47, L4::Other)), None);
+        // Other protocols open with anything, keyed by their addresses (and GRE's call id).
+        assert_eq!(
+            Opening::of(&ip(a, b, 50, L4::Other)),
+            Opening::Track(State::Generic)
+        );
+        let gre = ip(a, b, proto::GRE, L4::Gre { key: 0x1234 });
+        assert_eq!(Opening::of(&gre), Opening::Track(State::GreUnreplied));
+        assert_eq!(
+            Tuple::of(&gre),
+            Some(Tuple {
+                src: a,
+                dst: b,
+                sport: 0,
+                dport: 0x1234,
+                proto: proto::GRE
+            })
+        );
         let unreachable = L4::Icmp {
             ty: 3,
             code: 1,

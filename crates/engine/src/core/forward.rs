@@ -7,10 +7,15 @@
 //! for is not generated here yet: the packet is dropped silently. Neither field is covered by
 //! an L4 checksum (the pseudo-header holds addresses, protocol and length only), so only the
 //! IPv4 header checksum changes, by one incremental update ([`super::checksum`]).
+//!
+//! [`record_route`] fills in a record-route option as Linux does for a packet it forwards
+//! (`ip_forward_options`). Timestamp options are left as they came: the core has no wall
+//! clock to stamp them with (Linux writes its time of day, and counts a full option's
+//! overflow), and neither changes whether a packet is forwarded.
 
 use super::checksum;
 use super::packet::Ip;
-use ::core::net::IpAddr;
+use ::core::net::{IpAddr, Ipv4Addr};
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, Ipv4Packet, Ipv6Packet, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN,
     IPV6_HEADER_LEN,
@@ -73,6 +78,32 @@ pub fn forward(
     let mut eth = EthernetFrame::new_unchecked(eth);
     eth.set_dst_addr(next_hop);
     eth.set_src_addr(own);
+    Ok(())
+}
+
+/// Writes `addr`, the address the packet leaves from, into the record-route option that `ip`
+/// says has room ([`Options::record_route`](super::packet::Options::record_route)), moves
+/// the option's pointer past it and recomputes the IPv4 header checksum (the slot may sit at
+/// any byte offset). Nothing to do without such an option; on an error nothing was written.
+pub fn record_route(frame: &mut [u8], ip: &Ip, addr: Ipv4Addr) -> Result<(), NotForwarded> {
+    let Some(at) = ip.options.record_route else {
+        return Ok(());
+    };
+    let header = frame
+        .get_mut(ip.offsets.l3..ip.offsets.l4)
+        .ok_or(NotForwarded::Mismatch)?;
+    let at = usize::from(at);
+    let ptr = *header.get(at + 2).ok_or(NotForwarded::Mismatch)?;
+    // The pointer counts from 1 at the option's first byte.
+    let slot = (at + usize::from(ptr))
+        .checked_sub(1)
+        .and_then(|from| header.get_mut(from..from + 4))
+        .ok_or(NotForwarded::Mismatch)?;
+    slot.copy_from_slice(&addr.octets());
+    if let Some(p) = header.get_mut(at + 2) {
+        *p = ptr.saturating_add(4);
+    }
+    Ipv4Packet::new_unchecked(header).fill_checksum();
     Ok(())
 }
 
@@ -218,6 +249,37 @@ mod tests {
     }
 
     #[test]
+    fn record_route_writes_the_address_at_the_pointer_wherever_it_falls() {
+        let addr = Ipv4Addr::new(198, 51, 100, 1);
+        // After one NOP, so the slot starts at an odd offset of the header.
+        let options = [1, 7, 11, 8, 10, 0, 0, 1, 0, 0, 0, 0];
+        let mut frame = eth(0x0800, &ipv4(7, 64, 47, &options, &[0; 8]));
+        let ip = parsed_ip(&frame);
+        assert_eq!(ip.options.record_route, Some(21));
+        assert_eq!(record_route(&mut frame, &ip, addr), Ok(()));
+        assert_eq!(frame[34..46], [1, 7, 11, 12, 10, 0, 0, 1, 198, 51, 100, 1]);
+        assert!(Ipv4Packet::new_unchecked(&frame[14..46]).verify_checksum());
+        // And forwarding after it keeps the checksum right.
+        let ip = parsed_ip(&frame);
+        assert_eq!(ip.options.record_route, None, "full now");
+        assert_eq!(forward(&mut frame, &ip, NEXT_HOP, EGRESS), Ok(()));
+        assert!(Ipv4Packet::new_unchecked(&frame[14..46]).verify_checksum());
+        // Nothing to do without the option; a frame cut short is refused untouched.
+        let mut plain = eth(0x0800, &ipv4(7, 64, 47, &[], &[0; 8]));
+        let before = plain.clone();
+        assert_eq!(record_route(&mut plain, &parsed_ip(&before), addr), Ok(()));
+        assert_eq!(plain, before);
+        let frame = eth(0x0800, &ipv4(7, 64, 47, &options, &[0; 8]));
+        let ip = parsed_ip(&frame);
+        let mut short = frame[..40].to_vec();
+        assert_eq!(
+            record_route(&mut short, &ip, addr),
+            Err(NotForwarded::Mismatch)
+        );
+        assert_eq!(short, frame[..40]);
+    }
+
+    #[test]
     fn a_frame_that_is_not_the_parsed_one_is_refused_untouched() {
         let frame = eth(0x0800, &ipv4(1, 64, 47, &[], &[0; 8]));
         let ip = parsed_ip(&frame);
@@ -291,7 +353,7 @@ mod tests {
         #[test]
         fn ipv4_forwarding_matches_a_full_recomputation(
             ttl in proptest::num::u8::ANY,
-            proto in proptest::sample::select(vec![0u8, 2, 4, 41, 47, 50, 51, 103, 132, 255]),
+            proto in proptest::sample::select(vec![0u8, 2, 4, 41, 46, 50, 51, 103, 132, 255]),
             option_words in 0usize..=10,
             option_byte in proptest::num::u8::ANY,
             id in proptest::num::u16::ANY,

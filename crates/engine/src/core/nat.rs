@@ -38,10 +38,17 @@
 //! translates, and one that matches none is not port-forwarded at all: it is for the firewall
 //! itself (input), as in the kernel plane. Whether `to` is reachable is for forwarding to say.
 //!
+//! Protocols without ports (GRE, ESP and the rest) are translated by address alone, as the
+//! kernel's NAT does without a PPTP helper: there is no port to choose, so a second flow whose
+//! reply tuple would be another live flow's is refused by the connection table (the kernel
+//! drops it when it confirms the connection). The kernel refuses to translate a GRE packet
+//! shorter than 8 bytes, and to translate the destination of one whose version is not 0 or 1
+//! (`gre_manip_pkt`): so does [`rewrite`], and [`translatable`] says so before a flow opens.
+//!
 //! The validator accepts IPv6 SNAT and DNAT (each rule within one family), so both families are
-//! handled here, though the engine may drop IPv6 before NAT (SPEC §3). Not translated: protocols
-//! the connection table does not track (they have no tuple, and nothing could bring their
-//! replies back) and ICMP errors, which are not yet related to flows.
+//! handled here, though the engine may drop IPv6 before NAT (SPEC §3). Not translated: ICMP
+//! errors, which are not yet related to flows, and ICMPv6 neighbour discovery, which is not
+//! tracked.
 
 use super::conntrack::{Conntrack, Tuple};
 use super::packet::{proto, Ip, L4};
@@ -328,6 +335,14 @@ impl NatPlan {
                 (Some(ip).filter(family).ok_or(EXHAUSTED)?, ports)
             }
         };
+        if !has_ports(onward.proto) {
+            // Nothing to choose: a clash is for `Conntrack::open` to refuse.
+            t.reply = Tuple {
+                dst: ext,
+                ..onward.reversed()
+            };
+            return Ok(());
+        }
         t.reply = self
             .free_reply(&t.orig, &onward, ext, range, ct, now)
             .ok_or(EXHAUSTED)?;
@@ -342,9 +357,13 @@ impl NatPlan {
     /// to 1024-65535; an echo id may become any other). Call it only for a plan that is not empty: without a NAT chain the
     /// kernel drops such a flow, as [`Conntrack::open`] refuses it. The port is the first
     /// free one probing from the tuple's hash, as for SNAT; `nat_port_pool_exhausted` when
-    /// none is.
+    /// none is. A protocol without ports keeps its tuple: the flow clashes, and
+    /// [`Conntrack::open`] refuses it, as the kernel drops it.
     pub fn rebind(&self, t: &mut Translation, ct: &Conntrack, now: u64) -> Result<(), DropReason> {
         let onward = t.onward();
+        if !has_ports(onward.proto) {
+            return Ok(());
+        }
         let range = match (onward.proto, onward.sport) {
             (proto::TCP | proto::UDP, 0..=511) => PortRange { lo: 1, hi: 511 },
             (proto::TCP | proto::UDP, 512..=1023) => PortRange { lo: 600, hi: 1023 },
@@ -398,6 +417,12 @@ impl NatPlan {
     }
 }
 
+/// Whether a flow of `proto` has ports (TCP, UDP) or an echo identifier (ICMP, ICMPv6) that
+/// NAT may choose; the connection table tracks other protocols by address alone.
+fn has_ports(proto: u8) -> bool {
+    matches!(proto, proto::TCP | proto::UDP | proto::ICMP | proto::ICMPV6)
+}
+
 #[cfg(feature = "std")]
 impl NatPlan {
     /// The `nat` section of a validated policy.
@@ -443,17 +468,16 @@ impl NatPlan {
 /// or ICMP checksum incrementally (RFC 1624), never reading the payload. `to` is
 /// [`Translation::onward`] for a flow's first packet, `hit.other.reversed()` for the rest.
 ///
-/// For packets without ports in their tuple (ICMP other than echo, untracked protocols) the
+/// For packets without ports in their tuple (ICMP other than echo, GRE and the rest) the
 /// ports of `to` are ignored and only the addresses change. `malformed_packet` when `to` is
-/// of another protocol or family than the packet, or `ip` does not describe this frame: both
-/// are the caller's mistakes, and the frame is then left unchanged.
+/// of another protocol or family than the packet, or `ip` does not describe this frame (both
+/// the caller's mistakes), or a GRE packet the kernel would not translate either (see
+/// [`translatable`]): the frame is then left unchanged.
 pub fn rewrite(frame: &mut [u8], ip: &Ip, to: &Tuple) -> Result<(), DropReason> {
     const BAD: DropReason = DropReason::MalformedPacket;
+    translatable(frame, ip, to)?;
     let (l3, l4) = (ip.offsets.l3, ip.offsets.l4);
     let v4 = ip.src.is_ipv4();
-    if to.proto != ip.proto || to.src.is_ipv4() != v4 || to.dst.is_ipv4() != v4 {
-        return Err(BAD);
-    }
     let packet = frame.get_mut(..ip.offsets.end).ok_or(BAD)?;
     // Where the L4 checksum is, and whether it covers the pseudo-header's addresses.
     let (checksum, pseudo) = match ip.proto {
@@ -471,7 +495,7 @@ pub fn rewrite(frame: &mut [u8], ip: &Ip, to: &Tuple) -> Result<(), DropReason> 
         L4::Icmp {
             echo_id: Some(_), ..
         } => return Err(BAD),
-        L4::Icmp { echo_id: None, .. } | L4::Other => Ports::None,
+        L4::Icmp { echo_id: None, .. } | L4::Gre { .. } | L4::Other => Ports::None,
     };
     let (src_at, dst_at) = if v4 {
         (l3 + 12, l3 + 16)
@@ -518,6 +542,31 @@ pub fn rewrite(frame: &mut [u8], ip: &Ip, to: &Tuple) -> Result<(), DropReason> 
         // An IPv4 UDP checksum of 0 means none was sent (RFC 768): there is nothing to update.
         if !(udp && v4 && read16(packet, at)? == 0) {
             update_checksum(packet, at, l4_delta, udp)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether [`rewrite`] can make the packet in `frame` (parsed as `ip`) carry `to`: `to` is of
+/// the packet's protocol and family, and a GRE packet is one the kernel's NAT would rewrite
+/// (at least the 8 bytes `gre_manip_pkt` makes writable when anything changes; version 0 or
+/// 1 when its destination changes, as only those two it knows how to translate). Checked
+/// before a flow opens, so that a first packet the translation would drop opens none (the
+/// kernel drops it before its connection is confirmed). `malformed_packet` otherwise.
+pub fn translatable(frame: &[u8], ip: &Ip, to: &Tuple) -> Result<(), DropReason> {
+    const BAD: DropReason = DropReason::MalformedPacket;
+    let v4 = ip.src.is_ipv4();
+    if to.proto != ip.proto || to.src.is_ipv4() != v4 || to.dst.is_ipv4() != v4 {
+        return Err(BAD);
+    }
+    if let L4::Gre { .. } = ip.l4 {
+        let (src, dst) = (to.src != ip.src, to.dst != ip.dst);
+        let header = frame.get(ip.offsets.l4..ip.offsets.end).unwrap_or_default();
+        if (src || dst) && header.len() < 8 {
+            return Err(BAD);
+        }
+        if dst && !matches!(header.get(1).map(|flags| flags & 0x07), Some(0 | 1)) {
+            return Err(BAD);
         }
     }
     Ok(())
@@ -702,6 +751,88 @@ nat:
                 Err(DropReason::NatPortPoolExhausted)
             );
         }
+    }
+
+    #[test]
+    fn protocols_without_ports_are_translated_by_address_alone() {
+        let p = plan(MASQUERADE);
+        let mut ct = table();
+        for (proto, key) in [(50, 0), (proto::GRE, 0), (proto::GRE, 0x1234)] {
+            let orig = tuple(ip4(LAN_HOST), 0, ip4(REMOTE), key, proto);
+            let t = snat(&p, &ct, orig, 0).unwrap();
+            assert_eq!(t.reply, tuple(ip4(REMOTE), key, ip4(WAN_ADDR), 0, proto));
+            assert_eq!(t.onward(), tuple(ip4(WAN_ADDR), 0, ip4(REMOTE), key, proto));
+        }
+        // A second inside host meets the first one's reply tuple: nothing to choose, so the
+        // translation stays and the connection table refuses it.
+        let first = snat(&p, &ct, tuple(ip4(LAN_HOST), 0, ip4(REMOTE), 0, 50), 0).unwrap();
+        ct.open(first.orig, first.reply, State::Generic, None, 0)
+            .unwrap();
+        let second = tuple(v4(192, 168, 1, 11), 0, ip4(REMOTE), 0, 50);
+        let mut t = snat(&p, &ct, second, 0).unwrap();
+        assert_eq!(t.reply, first.reply);
+        assert_eq!(p.rebind(&mut t, &ct, 0), Ok(()));
+        assert_eq!(t.reply, first.reply);
+        assert!(ct.holds(&t.reply, 0));
+    }
+
+    /// An IPv4 frame of `proto` carrying `payload`.
+    fn frame_of(proto: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![
+            0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00, 0x45, 0,
+        ];
+        f.extend_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+        f.extend_from_slice(&LAN_HOST);
+        f.extend_from_slice(&REMOTE);
+        f.extend_from_slice(payload);
+        Ipv4Packet::new_unchecked(&mut f[14..34]).fill_checksum();
+        f
+    }
+
+    #[test]
+    fn gre_is_rewritten_where_the_kernel_rewrites_it() {
+        let masq = tuple(ip4(WAN_ADDR), 0, ip4(REMOTE), 0, proto::GRE);
+        let demasq = tuple(ip4(LAN_HOST), 0, ip4(WAN_ADDR), 0, proto::GRE);
+        let v0 = [0, 0, 0x08, 0x00, 1, 2, 3, 4, 5];
+        for (payload, src_ok, dst_ok) in [
+            (&v0[..], true, true),
+            (&v0[..8], true, true),
+            // Shorter than 8 bytes: never.
+            (&v0[..7], false, false),
+            (&v0[..0], false, false),
+            // Versions the kernel cannot translate back: only the source.
+            (&[0, 2, 0x08, 0x00, 1, 2, 3, 4][..], true, false),
+            (&[0, 7, 0x08, 0x00, 1, 2, 3, 4][..], true, false),
+            // PPTP: both.
+            (&[0x30, 0x81, 0x88, 0x0b, 0, 0, 0, 0][..], true, true),
+        ] {
+            for (to, ok) in [(masq, src_ok), (demasq, dst_ok)] {
+                let mut f = frame_of(proto::GRE, payload);
+                let ip = parsed(&f);
+                let before = f.clone();
+                let want = if ok {
+                    Ok(())
+                } else {
+                    Err(DropReason::MalformedPacket)
+                };
+                assert_eq!(translatable(&f, &ip, &to), want, "{payload:?} to {to:?}");
+                assert_eq!(rewrite(&mut f, &ip, &to), want, "{payload:?} to {to:?}");
+                if ok {
+                    let after = parsed(&f);
+                    assert_eq!((after.src, after.dst), (to.src, to.dst));
+                    assert_eq!(f[34..], before[34..], "GRE itself untouched");
+                    assert!(Ipv4Packet::new_unchecked(&f[14..34]).verify_checksum());
+                } else {
+                    assert_eq!(f, before);
+                }
+            }
+        }
+        // Nothing changed: nothing refused, whatever the packet.
+        let f = frame_of(proto::GRE, &[0, 2]);
+        let ip = parsed(&f);
+        let same = tuple(ip4(LAN_HOST), 0, ip4(REMOTE), 0, proto::GRE);
+        assert_eq!(translatable(&f, &ip, &same), Ok(()));
     }
 
     const FIXED: &str = "

@@ -5,13 +5,30 @@
 //! before a getter reads it, so no input can make this panic. Decisions worth knowing:
 //! - only plain Ethernet II: VLAN-tagged and other ethertypes are `non_ip`;
 //! - IPv4 fragments (MF set or a non-zero offset) are `fragmented_ipv4`, checked after the
-//!   header checksum, so a damaged header is `malformed_packet` whatever its flags say;
+//!   header checksum, so a damaged header is `malformed_packet` whatever its flags say. The
+//!   engine drops every fragment as it arrives (SPEC §8). The kernel plane differs there by
+//!   design: its `nf_defrag_ipv4` holds fragments until their datagram is whole (up to
+//!   `ipfrag_time`, 30 s), its conntrack and rules see the datagram, and it forwards an
+//!   accepted one fragmented again; a train that never completes it frees silently. Both
+//!   forward nothing of a lone or incomplete train, the kernel plane all of a complete one;
+//! - IPv4 options are read as Linux reads them on arrival (`ip_options_compile`, then
+//!   `ip_rcv_options`), into [`Options`]: malformed options, and source routes (which Linux
+//!   refuses unless `accept_source_route` is on for `all` and the interface; `all` is off by
+//!   default), mean the packet is not to be routed; a record-route option with room says where
+//!   the address goes. Parsing does not refuse them: the kernel drops such packets after its
+//!   conntrack has seen them, and so does the engine (see `engine`);
 //! - IPv6 whose first next-header is an extension header (hop-by-hop, routing, fragment,
 //!   destination options, AH, mobility, HIP, shim6, experimental) is `ipv6_unsupported`:
 //!   walking the chain would put unbounded work before the ports, and nothing ward forwards
 //!   needs it. ESP and "no next header" end the chain, so they are upper-layer protocols here;
-//! - L4 checksums are not verified: frames read from AF_PACKET may carry partial checksums
-//!   left for offload, which only the I/O layer can tell apart from damaged ones.
+//! - GRE is read as the kernel's GRE tracker reads it (`gre_pkt_to_tuple`): version 1 (PPTP)
+//!   with at least 8 bytes has a call id, which is part of its flow's tuple, and is
+//!   `malformed_packet` unless it carries PPP (conntrack makes no tuple of it and calls it
+//!   invalid); any other GRE, of any length, is tracked by its addresses alone;
+//! - L4 checksums are not verified here: frames read from AF_PACKET may carry partial
+//!   checksums left for offload, or ones the NIC verified already, which only the I/O layer
+//!   can tell. The engine verifies them after parsing unless told otherwise
+//!   ([`Engine::handle_rx`](super::engine::Engine::handle_rx), [`super::checksum::l4_valid`]).
 
 use super::DropReason;
 use ::core::net::{IpAddr, Ipv4Addr};
@@ -25,6 +42,7 @@ pub mod proto {
     pub const ICMP: u8 = 1;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
+    pub const GRE: u8 = 47;
     pub const ICMPV6: u8 = 58;
 }
 
@@ -71,6 +89,137 @@ pub struct Ip {
     pub ttl: u8,
     pub l4: L4,
     pub offsets: Offsets,
+    /// What the IPv4 options ask of a router (the default for IPv6 and for no options).
+    pub options: Options,
+}
+
+/// A router's reading of a packet's IPv4 options: `ip_options_compile`'s, with the packet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Why the packet must not be routed, if it must not.
+    pub refused: Option<Refusal>,
+    /// Where, from the start of the IP header, a record-route option with room for another
+    /// address begins: a router writes the address it sends the packet from at the option's
+    /// pointer and moves the pointer on.
+    pub record_route: Option<u8>,
+}
+
+/// Why Linux drops a packet for its IPv4 options before routing it (`ip_rcv_options`), and so
+/// before any rule of the kernel plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// An option whose length runs past the options or under its minimum, a pointer out of
+    /// place, a second source route, record route or timestamp, a full timestamp whose
+    /// overflow count is full too, a CIPSO label (no CIPSO domain is configured, so
+    /// `cipso_v4_validate` refuses every one): what `ip_options_compile` rejects with a
+    /// parameter problem, counted as `InHdrErrors`.
+    Malformed,
+    /// Loose or strict source routing: Linux honours it only with `accept_source_route`, which
+    /// is off for `all` by default (and logs it as a martian).
+    SourceRoute,
+}
+
+/// IPv4 option types the kernel checks (RFC 791, RFC 1108, RFC 2113).
+mod option {
+    pub const END: u8 = 0;
+    pub const NOOP: u8 = 1;
+    pub const RR: u8 = 7;
+    pub const TIMESTAMP: u8 = 68;
+    pub const LSRR: u8 = 131;
+    pub const CIPSO: u8 = 134;
+    pub const SSRR: u8 = 137;
+    pub const RA: u8 = 148;
+    /// Timestamp flags (the low nibble of the fourth byte) that need room for an address too.
+    pub const TS_AND_ADDR: u8 = 1;
+    pub const TS_PRESPEC: u8 = 3;
+}
+
+/// Reads IPv4 options as `ip_options_compile` does for a received packet (with the packet, so
+/// option kinds it only refuses from local senders are accepted). `opts` is what follows the
+/// fixed header, up to the IHL.
+fn ipv4_options(opts: &[u8]) -> Options {
+    let malformed = Options {
+        refused: Some(Refusal::Malformed),
+        record_route: None,
+    };
+    let mut out = Options::default();
+    let (mut srr, mut rr, mut ts) = (false, false, false);
+    let mut at = 0;
+    while let Some(&kind) = opts.get(at) {
+        match kind {
+            option::END => break,
+            option::NOOP => {
+                at += 1;
+                continue;
+            }
+            _ => {}
+        }
+        // A last byte with no room for a length is refused whatever follows it: the kernel
+        // reads on past the options, and no length is both at least 2 and at most 1.
+        let left = opts.len() - at;
+        let len = match opts.get(at + 1) {
+            Some(&len) if usize::from(len) >= 2 && usize::from(len) <= left => usize::from(len),
+            _ => return malformed,
+        };
+        let Some(o) = opts.get(at..at + len) else {
+            return malformed;
+        };
+        // The pointer, for the options that have one: 1-based, from the option's start.
+        let ptr = o.get(2).map_or(0, |p| usize::from(*p));
+        match kind {
+            option::LSRR | option::SSRR => {
+                if len < 3 || ptr < 4 || srr {
+                    return malformed;
+                }
+                srr = true;
+            }
+            option::RR => {
+                if rr || len < 3 || ptr < 4 {
+                    return malformed;
+                }
+                if ptr <= len {
+                    if ptr + 3 > len {
+                        return malformed;
+                    }
+                    // Options start 20 bytes into the header, which is at most 60 long.
+                    out.record_route = u8::try_from(20 + at).ok();
+                }
+                rr = true;
+            }
+            option::TIMESTAMP => {
+                if ts || len < 4 || ptr < 5 {
+                    return malformed;
+                }
+                let flags = o.get(3).copied().unwrap_or(0);
+                let kind = flags & 0x0f;
+                if ptr <= len {
+                    if ptr + 3 > len {
+                        return malformed;
+                    }
+                    let with_address = matches!(kind, option::TS_AND_ADDR | option::TS_PRESPEC);
+                    if with_address && ptr + 7 > len {
+                        return malformed;
+                    }
+                    // Other flags are accepted from the wire, and stamped with nothing.
+                } else if kind != option::TS_PRESPEC && flags >> 4 == 15 {
+                    // Full: the overflow count goes up, unless it cannot (prespecified
+                    // addresses are not counted).
+                    return malformed;
+                }
+                ts = true;
+            }
+            option::RA if len < 4 => return malformed,
+            // Refused by `cipso_v4_validate` for want of a configured domain of interpretation
+            // (and a second one outright).
+            option::CIPSO => return malformed,
+            _ => {}
+        }
+        at += len;
+    }
+    if srr {
+        out.refused = Some(Refusal::SourceRoute);
+    }
+    out
 }
 
 /// Byte offsets into the frame, for rewriting headers in place later.
@@ -102,7 +251,12 @@ pub enum L4 {
         /// The identifier of an echo request or reply.
         echo_id: Option<u16>,
     },
-    /// Any other upper-layer protocol: filtered by address and protocol only.
+    /// GRE, with the key its flow is tracked by: the call id of a PPTP (version 1) packet,
+    /// 0 for any other GRE (see the module doc).
+    Gre {
+        key: u16,
+    },
+    /// Any other upper-layer protocol: filtered and tracked by address and protocol only.
     Other,
 }
 
@@ -110,7 +264,7 @@ impl L4 {
     pub fn dport(&self) -> Option<u16> {
         match *self {
             L4::Tcp { dport, .. } | L4::Udp { dport, .. } => Some(dport),
-            L4::Icmp { .. } | L4::Other => None,
+            L4::Icmp { .. } | L4::Gre { .. } | L4::Other => None,
         }
     }
 }
@@ -223,6 +377,11 @@ fn ipv4(body: &[u8], l3: usize) -> Result<Ip, DropReason> {
     }
     let proto = u8::from(packet.next_header());
     let l4 = upper_layer(proto, packet.payload(), false)?;
+    let header_len = usize::from(packet.header_len());
+    let options = match body.get(IPV4_HEADER_LEN..header_len) {
+        Some(opts) if !opts.is_empty() => ipv4_options(opts),
+        _ => Options::default(),
+    };
     Ok(Ip {
         src: IpAddr::V4(packet.src_addr()),
         dst: IpAddr::V4(packet.dst_addr()),
@@ -231,9 +390,10 @@ fn ipv4(body: &[u8], l3: usize) -> Result<Ip, DropReason> {
         l4,
         offsets: Offsets {
             l3,
-            l4: l3 + usize::from(packet.header_len()),
+            l4: l3 + header_len,
             end: l3 + usize::from(packet.total_len()),
         },
+        options,
     })
 }
 
@@ -265,6 +425,7 @@ fn ipv6(body: &[u8], l3: usize) -> Result<Ip, DropReason> {
             l4: l3 + packet.header_len(),
             end: l3 + packet.total_len(),
         },
+        options: Options::default(),
     })
 }
 
@@ -329,7 +490,28 @@ fn upper_layer(proto: u8, payload: &[u8], v6: bool) -> Result<L4, DropReason> {
                 echo_id: echo.then(|| icmp.echo_ident()),
             })
         }
+        proto::GRE => gre(payload),
         _ => Ok(L4::Other),
+    }
+}
+
+/// GRE's version 1 (RFC 2637's enhanced GRE) and the protocol it must carry.
+const GRE_VERSION_PPTP: u8 = 1;
+const GRE_PROTO_PPP: [u8; 2] = [0x88, 0x0b];
+
+/// A GRE header as `nf_conntrack_proto_gre` reads it: the version is the low 3 bits of the
+/// second byte; a version-1 header's call id is its bytes 6 and 7.
+fn gre(payload: &[u8]) -> Result<L4, DropReason> {
+    match payload {
+        [_, flags, p0, p1, _, _, c0, c1, ..] if flags & 0x07 == GRE_VERSION_PPTP => {
+            if [*p0, *p1] != GRE_PROTO_PPP {
+                return Err(MALFORMED);
+            }
+            Ok(L4::Gre {
+                key: u16::from_be_bytes([*c0, *c1]),
+            })
+        }
+        _ => Ok(L4::Gre { key: 0 }),
     }
 }
 
@@ -573,6 +755,138 @@ mod tests {
         assert_eq!((ip.offsets.l4, ip.offsets.end), (14 + 24, frame.len()));
     }
 
+    /// The options of an IPv4 packet carrying `opts` (padded with end-of-list to a whole word).
+    fn options_of(opts: &[u8]) -> Options {
+        let mut padded = opts.to_vec();
+        while !padded.len().is_multiple_of(4) {
+            padded.push(0);
+        }
+        let h = V4 {
+            ihl: 5 + (padded.len() / 4) as u8,
+            proto: proto::UDP,
+            ..V4::default()
+        };
+        let mut p = ipv4_packet(&h, &udp(1, 2, b"x"));
+        p[20..20 + padded.len()].copy_from_slice(&padded);
+        p[10..12].copy_from_slice(&[0, 0]);
+        let sum = checksum(&p[..20 + padded.len()]);
+        p[10..12].copy_from_slice(&sum.to_be_bytes());
+        match ip(&eth(0x0800, &p)) {
+            Ok(ip) => ip.options,
+            Err(r) => panic!("{opts:?}: {r}"),
+        }
+    }
+
+    #[test]
+    fn ipv4_options_are_read_as_the_kernel_reads_them() {
+        let fine = Options::default();
+        let bad = Options {
+            refused: Some(Refusal::Malformed),
+            record_route: None,
+        };
+        let srr = Options {
+            refused: Some(Refusal::SourceRoute),
+            record_route: None,
+        };
+        let rr_at = |at| Options {
+            refused: None,
+            record_route: Some(at),
+        };
+        let ts = |len: u8, ptr: u8, flags: u8| {
+            let mut o = vec![68, len, ptr, flags];
+            o.resize(usize::from(len), 0);
+            o
+        };
+        let cases: Vec<(&str, Vec<u8>, Options)> = vec![
+            ("none but padding", vec![1, 1, 1, 0], fine),
+            ("end of list, then anything", vec![0, 7, 3, 0xff], fine),
+            (
+                "record route with room",
+                vec![7, 7, 4, 0, 0, 0, 0],
+                rr_at(20),
+            ),
+            (
+                "after a NOP",
+                vec![1, 7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0],
+                rr_at(21),
+            ),
+            ("record route full", vec![7, 7, 8, 1, 2, 3, 4], fine),
+            ("record route pointer past it", vec![7, 3, 200], fine),
+            (
+                "record route pointer under 4",
+                vec![7, 7, 3, 0, 0, 0, 0],
+                bad,
+            ),
+            (
+                "record route slot cut short",
+                vec![7, 8, 6, 0, 0, 0, 0, 0],
+                bad,
+            ),
+            ("record route shorter than 3", vec![7, 2], bad),
+            (
+                "two record routes",
+                vec![7, 7, 8, 1, 2, 3, 4, 7, 7, 8, 1, 2, 3, 4],
+                bad,
+            ),
+            ("timestamp", ts(12, 5, 0), fine),
+            ("timestamp and address", ts(12, 5, 1), fine),
+            ("prespecified", ts(12, 5, 3), fine),
+            ("timestamp and address cut short", ts(8, 5, 1), bad),
+            ("timestamp full", ts(8, 9, 0x10), fine),
+            ("timestamp full, overflow full", ts(8, 9, 0xf0), bad),
+            (
+                "timestamp and address full, overflow full",
+                ts(12, 13, 0xf1),
+                bad,
+            ),
+            ("prespecified full, overflow full", ts(12, 13, 0xf3), fine),
+            ("timestamp pointer under 5", ts(8, 4, 0), bad),
+            ("timestamp slot cut short", ts(8, 6, 0), bad),
+            ("timestamp shorter than 4", vec![68, 3, 5], bad),
+            ("two timestamps", [ts(8, 5, 0), ts(8, 5, 0)].concat(), bad),
+            ("unknown flag", ts(8, 5, 2), fine),
+            (
+                "unknown flag, then another",
+                [ts(8, 5, 2), ts(8, 5, 0)].concat(),
+                bad,
+            ),
+            ("loose source route", vec![131, 7, 4, 10, 0, 0, 1], srr),
+            ("strict source route", vec![137, 7, 4, 10, 0, 0, 1], srr),
+            ("source route used up", vec![131, 7, 8, 10, 0, 0, 1], srr),
+            (
+                "source route pointer under 4",
+                vec![131, 7, 3, 10, 0, 0, 1],
+                bad,
+            ),
+            ("source route shorter than 3", vec![131, 2], bad),
+            (
+                "two source routes",
+                vec![131, 7, 4, 10, 0, 0, 1, 137, 7, 4, 10, 0, 0, 1],
+                bad,
+            ),
+            ("router alert", vec![148, 4, 0, 0], fine),
+            ("router alert shorter than 4", vec![148, 3, 0], bad),
+            ("CIPSO", vec![134, 8, 0, 0, 0, 1, 0, 0], bad),
+            (
+                "security, stream id, unknown kinds",
+                vec![130, 3, 0, 136, 4, 0, 1, 25, 2],
+                fine,
+            ),
+            ("length 0", vec![130, 0], bad),
+            ("length 1", vec![130, 1], bad),
+            ("length past the options", vec![7, 9, 4, 0, 0, 0, 0], bad),
+            ("a last byte with no length", vec![1, 1, 1, 7], bad),
+        ];
+        for (what, opts, want) in cases {
+            assert_eq!(options_of(&opts), want, "{what}");
+        }
+        // No options at all, and IPv6.
+        let plain = ip(&eth(0x0800, &ipv4_packet(&V4::default(), &tcp(1, 2, 0x02)))).unwrap();
+        assert_eq!(plain.options, fine);
+        let six = ip(&eth(0x86dd, &ipv6_packet(proto::UDP, &udp(1, 2, b"")))).unwrap();
+        assert_eq!(six.options, fine);
+    }
+
     #[test]
     fn icmp_echo_has_an_identifier_and_errors_do_not() {
         let h = V4 {
@@ -610,8 +924,38 @@ mod tests {
     }
 
     #[test]
+    fn gre_is_read_as_the_kernels_gre_tracker_reads_it() {
+        let h = V4 {
+            proto: proto::GRE,
+            ..V4::default()
+        };
+        let l4 = |payload: &[u8]| ip(&eth(0x0800, &ipv4_packet(&h, payload))).map(|ip| ip.l4);
+        // Version 0 (and 2 to 7, and anything too short to say), of any length: no key.
+        let v0 = [0x00, 0x00, 0x08, 0x00, 0xaa, 0xbb, 0xcc, 0xdd];
+        for payload in [
+            &v0[..],
+            &v0[..4],
+            &v0[..2],
+            &[],
+            &[0x30, 0x02, 0x88, 0x0b, 0, 4, 0, 9],
+        ] {
+            assert_eq!(l4(payload), Ok(L4::Gre { key: 0 }), "{payload:?}");
+        }
+        // PPTP: version 1 carrying PPP has its call id, whatever the flags before it.
+        let pptp = [0x30, 0x81, 0x88, 0x0b, 0x00, 0x10, 0x12, 0x34, 0, 0, 0, 1];
+        assert_eq!(l4(&pptp), Ok(L4::Gre { key: 0x1234 }));
+        assert_eq!(l4(&pptp[..8]), Ok(L4::Gre { key: 0x1234 }));
+        // Shorter than the call id: tracked without a key, as the kernel does.
+        assert_eq!(l4(&pptp[..7]), Ok(L4::Gre { key: 0 }));
+        // Version 1 carrying anything but PPP: conntrack has no tuple for it.
+        let mut not_ppp = pptp;
+        not_ppp[2..4].copy_from_slice(&[0x08, 0x00]);
+        assert_eq!(l4(&not_ppp), Err(DropReason::MalformedPacket));
+    }
+
+    #[test]
     fn other_protocols_are_parsed_without_l4() {
-        for proto in [47, 50, 132] {
+        for proto in [50, 51, 132] {
             let h = V4 {
                 proto,
                 ..V4::default()

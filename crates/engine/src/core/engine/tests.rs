@@ -453,6 +453,238 @@ fn tcp_flags_no_state_allows_are_dropped_even_on_an_accepted_flow() {
     assert_eq!(count(&e, "web"), 1);
 }
 
+fn run_rx(e: &mut Engine, side: Side, frame: &mut [u8], checksum: L4Checksum, now: u64) -> Action {
+    let mut out = [0u8; FRAME_LEN];
+    e.handle_rx(side, frame, RxInfo { checksum }, now, &mut out)
+}
+
+/// Where the L4 checksum of a frame built here (IHL 5) is.
+fn l4_sum_at(frame: &[u8]) -> usize {
+    34 + match frame[23] {
+        proto::TCP => 16,
+        proto::UDP => 6,
+        _ => 2,
+    }
+}
+
+#[test]
+fn a_wrong_l4_checksum_is_malformed_whatever_the_flow_unless_the_nic_verified_it() {
+    let mut e = engine();
+    let flip = |mut f: Vec<u8>| {
+        let at = l4_sum_at(&f);
+        f[at] ^= 0x40;
+        f
+    };
+    // A first packet of each protocol with its checksum damaged: refused before any rule.
+    let ping = echo(Side::Lan, HOST, REMOTE, 8, 7);
+    let query = udp(Side::Lan, (HOST, 40001), (REMOTE, 5000));
+    let syn = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    for (n, good) in [&syn, &query, &ping].into_iter().enumerate() {
+        let mut bad = flip(good.clone());
+        let before = bad.clone();
+        assert_eq!(
+            run(&mut e, Side::Lan, &mut bad, SEC).0,
+            Action::Drop(DropReason::MalformedPacket),
+            "protocol {}",
+            good[23]
+        );
+        assert_eq!(bad, before, "left as it came");
+        assert_eq!(e.drops(DropReason::MalformedPacket), n as u64 + 1);
+    }
+    assert!(e.rule_counts().all(|r| r.count == Count::default()));
+    assert_eq!(e.conntrack_usage().0, 0);
+
+    // Of an accepted flow: the damaged copy is refused, the flow goes on.
+    let mut first = syn.clone();
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut first, SEC).0,
+        Action::Forward { .. }
+    ));
+    let ext = ports(&left(&first).2).0;
+    let syn_ack = tcp(Side::Wan, (REMOTE, 443), (WAN_IP, ext), SYN | ACK);
+    let mut bad = flip(syn_ack.clone());
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut bad, 2 * SEC).0,
+        Action::Drop(DropReason::MalformedPacket)
+    );
+    let mut good = syn_ack.clone();
+    assert!(matches!(
+        run(&mut e, Side::Wan, &mut good, 2 * SEC).0,
+        Action::Forward { .. }
+    ));
+    assert_eq!(e.drops(DropReason::MalformedPacket), 4);
+
+    // To the engine itself, too: refused before the input rules.
+    let mut ssh = flip(tcp(Side::Lan, (HOST, 40002), (LAN_IP, 22), SYN));
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut ssh, 3 * SEC).0,
+        Action::Drop(DropReason::MalformedPacket)
+    );
+    assert_eq!(count(&e, "ssh-to-fw"), 0);
+
+    // What the NIC verified is not read again: the same damaged frame passes as it is.
+    let mut trusted = flip(tcp(Side::Lan, (HOST, 40003), (REMOTE, 443), SYN));
+    assert!(matches!(
+        run_rx(
+            &mut e,
+            Side::Lan,
+            &mut trusted,
+            L4Checksum::Verified,
+            3 * SEC
+        ),
+        Action::Forward { .. }
+    ));
+    assert_eq!(e.drops(DropReason::MalformedPacket), 5);
+}
+
+#[test]
+fn udp_without_a_checksum_passes_and_stays_without_one() {
+    let mut e = engine();
+    let mut query = udp(Side::Lan, (HOST, 40001), (REMOTE, 5000));
+    query[40..42].copy_from_slice(&[0, 0]);
+    assert!(e.learn(3, IpAddr::V4(REMOTE), 10 * SEC));
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut query, SEC).0,
+        Action::Forward { .. }
+    ));
+    let ip = left(&query).2;
+    assert_eq!(ip.src, IpAddr::V4(WAN_IP), "masqueraded");
+    assert_eq!(query[40..42], [0, 0], "no checksum made up");
+}
+
+#[test]
+fn a_partial_checksum_is_completed_before_the_frame_is_rewritten() {
+    let mut e = engine();
+    let mut syn = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    // As a veth peer leaves it: the folded sum of the pseudo-header only.
+    let at = l4_sum_at(&syn);
+    let mut pseudo: u32 = [HOST.octets(), REMOTE.octets()]
+        .iter()
+        .flat_map(|a| {
+            [
+                u16::from_be_bytes([a[0], a[1]]),
+                u16::from_be_bytes([a[2], a[3]]),
+            ]
+        })
+        .map(u32::from)
+        .sum();
+    pseudo += u32::from(proto::TCP) + 20;
+    while pseudo > 0xffff {
+        pseudo = (pseudo & 0xffff) + (pseudo >> 16);
+    }
+    syn[at..at + 2].copy_from_slice(&(pseudo as u16).to_be_bytes());
+    let mut unverified = syn.clone();
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut unverified, SEC).0,
+        Action::Drop(DropReason::MalformedPacket),
+        "a partial checksum is wrong as it stands"
+    );
+    assert!(matches!(
+        run_rx(&mut e, Side::Lan, &mut syn, L4Checksum::Partial, SEC),
+        Action::Forward { .. }
+    ));
+    // `left` verifies the translated frame's checksum.
+    assert_eq!(left(&syn).2.src, IpAddr::V4(WAN_IP));
+}
+
+/// `frame` (IHL 5) with IPv4 options `opts` (a whole number of words) after its header.
+fn with_options(mut frame: Vec<u8>, opts: &[u8]) -> Vec<u8> {
+    let total = u16::from_be_bytes([frame[16], frame[17]]) + opts.len() as u16;
+    frame.splice(34..34, opts.iter().copied());
+    frame[14] = 0x40 | (5 + opts.len() / 4) as u8;
+    frame[16..18].copy_from_slice(&total.to_be_bytes());
+    Ipv4Packet::new_unchecked(&mut frame[14..34 + opts.len()]).fill_checksum();
+    frame
+}
+
+const LSRR: [u8; 8] = [131, 7, 4, 10, 0, 0, 1, 0];
+const RECORD_ROUTE: [u8; 12] = [7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+#[test]
+fn source_routes_and_malformed_options_are_refused_as_the_kernel_refuses_them() {
+    let mut e = engine();
+    // A first packet: refused before any rule, no flow.
+    let cipso = [134, 8, 0, 0, 0, 1, 0, 0];
+    let bad_length = [7, 13, 4, 0, 0, 0, 0, 0];
+    for (n, opts) in [&LSRR[..], &cipso, &bad_length].into_iter().enumerate() {
+        let mut syn = with_options(tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN), opts);
+        assert_eq!(
+            run(&mut e, Side::Lan, &mut syn, SEC).0,
+            Action::Drop(DropReason::MalformedPacket),
+            "{opts:?}"
+        );
+        assert_eq!(e.drops(DropReason::MalformedPacket), n as u64 + 1);
+    }
+    assert_eq!((count(&e, "web"), e.conntrack_usage().0), (0, 0));
+    // To the engine itself too.
+    let mut ssh = with_options(tcp(Side::Lan, (HOST, 40001), (LAN_IP, 22), SYN), &LSRR);
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut ssh, SEC).0,
+        Action::Drop(DropReason::MalformedPacket)
+    );
+    assert_eq!(count(&e, "ssh-to-fw"), 0);
+
+    // Of a known flow: refused, and the flow goes on.
+    let mut syn = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut syn, SEC).0,
+        Action::Forward { .. }
+    ));
+    let ext = ports(&left(&syn).2).0;
+    let syn_ack = tcp(Side::Wan, (REMOTE, 443), (WAN_IP, ext), SYN | ACK);
+    let mut routed = with_options(syn_ack.clone(), &LSRR);
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut routed, 2 * SEC).0,
+        Action::Drop(DropReason::MalformedPacket)
+    );
+    let mut plain = syn_ack;
+    assert!(matches!(
+        run(&mut e, Side::Wan, &mut plain, 2 * SEC).0,
+        Action::Forward { .. }
+    ));
+    assert_eq!(e.drops(DropReason::MalformedPacket), 5);
+}
+
+#[test]
+fn a_forwarded_packet_records_the_address_it_leaves_from() {
+    let mut e = engine();
+    let mut syn = with_options(
+        tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN),
+        &RECORD_ROUTE,
+    );
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut syn, SEC).0,
+        Action::Forward { .. }
+    ));
+    // `left` parses it, so the header checksum verifies after both rewrites.
+    let ip = left(&syn).2;
+    assert_eq!((ip.src, ip.ttl), (IpAddr::V4(WAN_IP), 63));
+    let opts = &syn[34..46];
+    assert_eq!(opts[..3], [7, 11, 8], "the pointer moved on");
+    assert_eq!(opts[3..7], WAN_IP.octets());
+    assert_eq!(opts[7..], [0; 5]);
+    // The reply records the LAN side's address, in the next slot of its own option.
+    let ext = ports(&ip).0;
+    let mut back = with_options(
+        tcp(Side::Wan, (REMOTE, 443), (WAN_IP, ext), SYN | ACK),
+        &[7, 11, 8, 9, 9, 9, 9, 0, 0, 0, 0, 0],
+    );
+    assert!(matches!(
+        run(&mut e, Side::Wan, &mut back, SEC).0,
+        Action::Forward { .. }
+    ));
+    assert_eq!(left(&back).2.dst, IpAddr::V4(HOST));
+    assert_eq!(back[34..46], [7, 11, 12, 9, 9, 9, 9, 192, 168, 1, 1, 0]);
+    // Full, it is left alone.
+    let full = [7, 7, 8, 9, 9, 9, 9, 0];
+    let mut ack = with_options(tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), ACK), &full);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut ack, SEC).0,
+        Action::Forward { .. }
+    ));
+    assert_eq!(ack[34..42], full);
+}
+
 #[test]
 fn a_flow_meeting_its_masqueraded_reverse_gets_another_source_port() {
     let mut e = engine();
@@ -953,25 +1185,128 @@ fn destinations_without_a_route_are_not_forwarded() {
 }
 
 #[test]
-fn untracked_protocols_are_judged_per_packet_and_not_translated() {
+fn other_protocols_are_tracked_and_masqueraded_by_address() {
     let mut e = engine();
     let tunnel = Ipv4Addr::new(203, 0, 113, 99);
     let (to, from) = macs(Side::Lan);
-    for n in 1..=2 {
-        let mut gre = ipv4(to, from, (HOST, tunnel), 47, 64, &[0; 8]);
+    // ESP: the first packet is judged and opens a flow, masqueraded; the next is not judged.
+    for _ in 1..=2 {
+        let mut esp = ipv4(to, from, (HOST, tunnel), 50, 64, &[0xee; 16]);
         assert!(matches!(
-            run(&mut e, Side::Lan, &mut gre, SEC).0,
-            Action::Forward { .. }
+            run(&mut e, Side::Lan, &mut esp, SEC).0,
+            Action::Forward { out: Side::Wan, .. }
         ));
-        assert_eq!(left(&gre).2.src, IpAddr::V4(HOST));
-        assert_eq!(count(&e, "tunnel"), n);
+        let ip = left(&esp).2;
+        assert_eq!((ip.src, ip.dst), (IpAddr::V4(WAN_IP), IpAddr::V4(tunnel)));
+        assert_eq!(esp[34..], [0xee; 16], "the payload as it was");
+        assert_eq!(count(&e, "tunnel"), 1);
     }
-    let mut gre = ipv4(to, from, (HOST, REMOTE), 47, 64, &[0; 8]);
+    assert_eq!((e.totals().snat, e.conntrack_usage().0), (1, 1));
+    // Its replies come back to the LAN host.
+    let (wto, wfrom) = macs(Side::Wan);
+    let mut back = ipv4(wto, wfrom, (tunnel, WAN_IP), 50, 64, &[0xbb; 16]);
+    assert!(matches!(
+        run(&mut e, Side::Wan, &mut back, 2 * SEC).0,
+        Action::Forward { out: Side::Lan, .. }
+    ));
+    let ip = left(&back).2;
+    assert_eq!((ip.src, ip.dst), (IpAddr::V4(tunnel), IpAddr::V4(HOST)));
+    // A second LAN host's ESP to the same address would take the same reply tuple: accepted
+    // by the rule, then refused, as the kernel drops it when confirming the connection.
+    let other = Ipv4Addr::new(192, 168, 1, 11);
+    let mut esp = ipv4(to, from, (other, tunnel), 50, 64, &[0xee; 16]);
     assert_eq!(
-        run(&mut e, Side::Lan, &mut gre, SEC).0,
+        run(&mut e, Side::Lan, &mut esp, 2 * SEC).0,
+        Action::Discard(Discard::Clash)
+    );
+    assert_eq!(count(&e, "tunnel"), 2);
+    // Another protocol to the same address is another flow; one no rule allows is dropped.
+    let mut ah = ipv4(to, from, (other, tunnel), 51, 64, &[0; 12]);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut ah, 2 * SEC).0,
+        Action::Forward { .. }
+    ));
+    let mut esp = ipv4(to, from, (HOST, REMOTE), 50, 64, &[0; 8]);
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut esp, SEC).0,
         Action::Drop(DropReason::NoMatchingAllowRule)
     );
+    assert_eq!(e.conntrack_usage().0, 2);
+    // Unsolicited from the WAN, to the masquerade address: input, denied.
+    let mut stray = ipv4(wto, wfrom, (REMOTE, WAN_IP), 50, 64, &[0; 8]);
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut stray, 2 * SEC).0,
+        Action::Drop(DropReason::NoMatchingAllowRule)
+    );
+}
+
+#[test]
+fn gre_is_translated_only_where_the_kernel_translates_it() {
+    let mut e = engine();
+    let tunnel = Ipv4Addr::new(203, 0, 113, 99);
+    let (to, from) = macs(Side::Lan);
+    let (wto, wfrom) = macs(Side::Wan);
+    const V0: [u8; 8] = [0x00, 0x00, 0x08, 0x00, 1, 2, 3, 4];
+    // Shorter than 8 bytes, it cannot be masqueraded: dropped, and no flow opens.
+    let mut short = ipv4(to, from, (HOST, tunnel), proto::GRE, 64, &V0[..4]);
+    assert_eq!(
+        run(&mut e, Side::Lan, &mut short, SEC).0,
+        Action::Drop(DropReason::MalformedPacket)
+    );
     assert_eq!(e.conntrack_usage().0, 0);
+    let mut gre = ipv4(to, from, (HOST, tunnel), proto::GRE, 64, &V0);
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut gre, SEC).0,
+        Action::Forward { out: Side::Wan, .. }
+    ));
+    assert_eq!(left(&gre).2.src, IpAddr::V4(WAN_IP));
+    // Back: GRE of a version the kernel's NAT does not know is not translated back.
+    let mut v2 = V0;
+    v2[1] = 2;
+    let mut back = ipv4(wto, wfrom, (tunnel, WAN_IP), proto::GRE, 64, &v2);
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut back, 2 * SEC).0,
+        Action::Drop(DropReason::MalformedPacket)
+    );
+    let mut back = ipv4(wto, wfrom, (tunnel, WAN_IP), proto::GRE, 64, &V0);
+    assert!(matches!(
+        run(&mut e, Side::Wan, &mut back, 2 * SEC).0,
+        Action::Forward { out: Side::Lan, .. }
+    ));
+    assert_eq!(left(&back).2.dst, IpAddr::V4(HOST));
+    // PPTP's call id is part of the flow: another call is another flow, and a reply with a
+    // call id of its own is not part of it (no PPTP helper maps the two).
+    let pptp = |call: u16| {
+        let mut h = alloc::vec![0x30, 0x81, 0x88, 0x0b, 0, 0];
+        h.extend_from_slice(&call.to_be_bytes());
+        h
+    };
+    let mut call = ipv4(to, from, (HOST, tunnel), proto::GRE, 64, &pptp(0x1234));
+    assert!(matches!(
+        run(&mut e, Side::Lan, &mut call, 3 * SEC).0,
+        Action::Forward { .. }
+    ));
+    assert_eq!(e.conntrack_usage().0, 2);
+    let mut answer = ipv4(wto, wfrom, (tunnel, WAN_IP), proto::GRE, 64, &pptp(0x4321));
+    assert_eq!(
+        run(&mut e, Side::Wan, &mut answer, 3 * SEC).0,
+        Action::Drop(DropReason::NoMatchingAllowRule)
+    );
+    // Untranslated, a short GRE packet passes: WAN to LAN host, no NAT on the way.
+    let mut e = engine_with(
+        "
+interfaces: {lan: [lan0], wan: [wan0]}
+rules:
+  - {id: gre-in, action: accept, direction: ingress, destination: 192.168.1.10}
+",
+        64,
+    );
+    know_neighbours(&mut e, 0);
+    let mut short = ipv4(wto, wfrom, (tunnel, HOST), proto::GRE, 64, &V0[..2]);
+    assert!(matches!(
+        run(&mut e, Side::Wan, &mut short, SEC).0,
+        Action::Forward { out: Side::Lan, .. }
+    ));
 }
 
 #[test]
