@@ -897,10 +897,7 @@ impl Driver {
             return Ok(0);
         };
         let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let mtus = self
-            .sockets
-            .each_ref()
-            .map(|s| s.link.mtu + ETHERNET_HEADER);
+        let mtus = mtus(&self.sockets);
         let stats = &mut self.stats;
         let [lan_tx, wan_tx] = &mut self.tx;
         let mut out = [lan_tx.batch(), wan_tx.batch()];
@@ -923,32 +920,17 @@ impl Driver {
             if unresolved(&action, frame) {
                 self.parking.park(frame, Origin::Host, now, stats);
             }
-            let (frame, arp) = (freeze(frame), freeze(arp));
-            match action {
-                Action::Forward { out: to, ask } => {
-                    let o = index(to);
-                    if frame.len() > mtus[o] {
-                        stats.oversize += 1;
-                    } else {
-                        out[o].push(frame);
-                    }
-                    if ask {
-                        out[o].push(arp);
-                    }
-                }
-                Action::Reply(to) => {
-                    out[index(to)].push(arp);
-                }
-                Action::Deliver { .. } | Action::Drop(_) | Action::Discard(_) => {}
-            }
+            dispatch(
+                action,
+                freeze(frame),
+                freeze(arp),
+                &mut out,
+                mtus,
+                Some(tun),
+                stats,
+            );
         }
-        for (socket, batch) in self.sockets.iter().zip(out.iter_mut()) {
-            if !batch.is_empty() {
-                let sent = socket.send(batch);
-                stats.sent += sent.frames as u64;
-                stats.send_failed += sent.failed as u64;
-            }
-        }
+        send_out(&self.sockets, &mut out, stats);
         Ok(read)
     }
 
@@ -972,6 +954,7 @@ impl Driver {
             return;
         }
         parking.learned = learned;
+        let mtus = mtus(&self.sockets);
         let [lan_tx, wan_tx] = &mut self.tx;
         let mut out = [lan_tx.batch(), wan_tx.batch()];
         for ((frame, held), arp) in parking
@@ -994,29 +977,18 @@ impl Driver {
             if !unresolved(&action, frame) {
                 *held = None;
             }
-            match action {
-                Action::Forward { out: to, ask } => {
-                    out[index(to)].push(freeze(frame));
-                    if ask {
-                        out[index(to)].push(freeze(arp));
-                    }
-                }
-                Action::Reply(to) => {
-                    out[index(to)].push(freeze(arp));
-                }
-                Action::Deliver { l3, end } => {
-                    deliver(self.host.as_ref(), frame.get(l3..end), stats);
-                }
-                Action::Drop(_) | Action::Discard(_) => {}
-            }
+            let tun = self.host.as_ref().map(|h| &h.tun);
+            dispatch(
+                action,
+                freeze(frame),
+                freeze(arp),
+                &mut out,
+                mtus,
+                tun,
+                stats,
+            );
         }
-        for (socket, batch) in self.sockets.iter().zip(out.iter_mut()) {
-            if !batch.is_empty() {
-                let sent = socket.send(batch);
-                stats.sent += sent.frames as u64;
-                stats.send_failed += sent.failed as u64;
-            }
-        }
+        send_out(&self.sockets, &mut out, stats);
     }
 
     /// Reads one batch from `side`, hands each frame to the engine, and sends what it says.
@@ -1027,10 +999,7 @@ impl Driver {
             return Ok(0);
         }
         let now = self.now();
-        let mtus = self
-            .sockets
-            .each_ref()
-            .map(|s| s.link.mtu + ETHERNET_HEADER);
+        let mtus = mtus(&self.sockets);
         let stats = &mut self.stats;
         let [lan_tx, wan_tx] = &mut self.tx;
         let mut out = [lan_tx.batch(), wan_tx.batch()];
@@ -1063,35 +1032,18 @@ impl Driver {
             if unresolved(&action, frame) {
                 self.parking.park(frame, Origin::Side(side), now, stats);
             }
-            let (frame, arp) = (freeze(frame), freeze(arp));
-            match action {
-                Action::Forward { out: to, ask } => {
-                    let o = index(to);
-                    if frame.len() > mtus[o] {
-                        stats.oversize += 1;
-                    } else {
-                        out[o].push(frame);
-                    }
-                    if ask {
-                        out[o].push(arp);
-                    }
-                }
-                Action::Reply(to) => {
-                    out[index(to)].push(arp);
-                }
-                Action::Deliver { l3, end } => {
-                    deliver(self.host.as_ref(), frame.get(l3..end), stats);
-                }
-                Action::Drop(_) | Action::Discard(_) => {}
-            }
+            let tun = self.host.as_ref().map(|h| &h.tun);
+            dispatch(
+                action,
+                freeze(frame),
+                freeze(arp),
+                &mut out,
+                mtus,
+                tun,
+                stats,
+            );
         }
-        for (socket, batch) in self.sockets.iter().zip(out.iter_mut()) {
-            if !batch.is_empty() {
-                let sent = socket.send(batch);
-                stats.sent += sent.frames as u64;
-                stats.send_failed += sent.failed as u64;
-            }
-        }
+        send_out(&self.sockets, &mut out, stats);
         Ok(n)
     }
 }
@@ -1107,16 +1059,61 @@ fn unresolved(action: &Action, frame: &[u8]) -> bool {
     }
 }
 
-/// Writes a packet the engine delivers to the host stack, if there is one.
-fn deliver(host: Option<&Host>, packet: Option<&[u8]>, stats: &mut Stats) {
-    let written = match (host, packet) {
-        (Some(host), Some(packet)) => host.tun.write_packet(packet),
-        _ => false,
-    };
-    if written {
-        stats.to_host += 1;
-    } else {
-        stats.host_failed += 1;
+/// Sends what each side's batch holds.
+fn send_out(sockets: &[Socket; 2], out: &mut [TxBatch<'_>; 2], stats: &mut Stats) {
+    for (socket, batch) in sockets.iter().zip(out.iter_mut()) {
+        if !batch.is_empty() {
+            let sent = socket.send(batch);
+            stats.sent += sent.frames as u64;
+            stats.send_failed += sent.failed as u64;
+        }
+    }
+}
+
+/// The longest frame each side sends: its MTU and the Ethernet header.
+fn mtus(sockets: &[Socket; 2]) -> [usize; 2] {
+    sockets.each_ref().map(|s| s.link.mtu + ETHERNET_HEADER)
+}
+
+/// Carries out what the engine said of `frame`: queues it (and the ARP request it needs) on
+/// the side it leaves by, unless it is longer than that side allows (`mtus`, with the Ethernet
+/// header), queues an ARP frame, or writes the packet to the host stack behind `tun`.
+fn dispatch<'a>(
+    action: Action,
+    frame: &'a [u8],
+    arp: &'a [u8],
+    out: &mut [TxBatch<'a>; 2],
+    mtus: [usize; 2],
+    tun: Option<&Tun>,
+    stats: &mut Stats,
+) {
+    match action {
+        Action::Forward { out: to, ask } => {
+            let o = index(to);
+            if frame.len() > mtus[o] {
+                stats.oversize += 1;
+            } else {
+                out[o].push(frame);
+            }
+            if ask {
+                out[o].push(arp);
+            }
+        }
+        Action::Reply(to) => {
+            out[index(to)].push(arp);
+        }
+        Action::Deliver { l3, end } => {
+            let written = match (tun, frame.get(l3..end)) {
+                (Some(tun), Some(packet)) => tun.write_packet(packet),
+                _ => false,
+            };
+            if written {
+                stats.to_host += 1;
+            } else {
+                stats.host_failed += 1;
+            }
+        }
+        Action::Drop(_) | Action::Discard(_) => {}
     }
 }
 
