@@ -30,7 +30,7 @@ pub mod wire;
 pub use cache::{Answer, Cache, Evictions, Record, Update, MAX_CNAME_HOPS};
 pub use committer::{CommitFailed, Committer};
 pub use learner::{Learner, RecordingError, RecordingLearner};
-pub use matcher::{Matcher, RuleIdx};
+pub use matcher::{Matcher, PolicyKey, RuleIdx};
 pub use names::Names;
 pub use proxy::{Config, Proxy, DEFAULT_UPSTREAM_TIMEOUT};
 pub use ratelimit::{RateLimiter, DEFAULT_MAX_CLIENTS};

@@ -16,6 +16,32 @@ impl RuleIdx {
     }
 }
 
+/// What the proxy's behaviour depends on in a policy: its name rules by position (the
+/// matcher's numbering), the `dns` settings and the per-client rate. A reload that leaves it
+/// unchanged can keep the running proxy, its cache and its committer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyKey {
+    rules: Vec<(usize, String, Vec<FqdnPattern>)>,
+    settings: policy::DnsSettings,
+    qps_per_client: u32,
+}
+
+impl PolicyKey {
+    pub fn of(p: &Policy) -> PolicyKey {
+        PolicyKey {
+            rules: p
+                .rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !r.destination_fqdn.is_empty())
+                .map(|(i, r)| (i, r.id.clone(), r.destination_fqdn.clone()))
+                .collect(),
+            settings: p.dns.clone(),
+            qps_per_client: p.defaults.dns_qps_per_client,
+        }
+    }
+}
+
 /// The patterns of every name rule, indexed by the name they are anchored at.
 #[derive(Clone, Debug, Default)]
 pub struct Matcher {

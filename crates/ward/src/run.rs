@@ -6,7 +6,7 @@ use crate::commands::{self, Failure, Result, Safety};
 use crate::safe;
 use dns::{Committer, Learner, Matcher, Names, Proxy, Stats, Update};
 use nft::learn::{SetOp, SetWriter};
-use policy::{FqdnPattern, Policy};
+use policy::Policy;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -335,29 +335,18 @@ struct Running {
     rules: DnsRules,
 }
 
-/// What the proxy's behaviour depends on in a policy: a reload that leaves it unchanged keeps
-/// the running proxy, its cache and its committer.
+/// What the running proxy was built from: the policy's part (see [`dns::PolicyKey`]) and where
+/// it serves and asks.
 #[derive(Clone, PartialEq)]
 struct DnsKey {
-    /// Rules with names, by position (the matcher's rule index).
-    rules: Vec<(usize, String, Vec<FqdnPattern>)>,
-    settings: policy::DnsSettings,
-    qps_per_client: u32,
+    policy: dns::PolicyKey,
     plan: nft::DnsProxy,
 }
 
 impl DnsKey {
     fn of(p: &Policy, plan: &nft::DnsProxy) -> DnsKey {
         DnsKey {
-            rules: p
-                .rules
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| !r.destination_fqdn.is_empty())
-                .map(|(i, r)| (i, r.id.clone(), r.destination_fqdn.clone()))
-                .collect(),
-            settings: p.dns.clone(),
-            qps_per_client: p.defaults.dns_qps_per_client,
+            policy: dns::PolicyKey::of(p),
             plan: plan.clone(),
         }
     }

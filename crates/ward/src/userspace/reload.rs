@@ -19,7 +19,7 @@ use crate::commands::{self, Failure, Result};
 use engine::core::engine::Rules;
 use engine::learn::{Refused, Reload, Reloader};
 use nix::libc;
-use policy::{FqdnPattern, Policy};
+use policy::Policy;
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -226,29 +226,19 @@ impl Reloading {
     }
 }
 
-/// What the DNS proxy's behaviour depends on in a policy: a reload that leaves it unchanged
-/// keeps the running proxy (its cache and committer) and the rule numbering it learns under.
+/// What the DNS proxy was built from: the policy's part (see [`dns::PolicyKey`]; a reload
+/// that leaves it unchanged keeps the running proxy and the rule numbering it learns under)
+/// and where it serves and asks.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DnsKey {
-    /// Rules with names, by position.
-    rules: Vec<(usize, String, Vec<FqdnPattern>)>,
-    settings: policy::DnsSettings,
-    qps_per_client: u32,
+    policy: dns::PolicyKey,
     plan: Plan,
 }
 
 impl DnsKey {
     pub fn of(p: &Policy, plan: &Plan) -> DnsKey {
         DnsKey {
-            rules: p
-                .rules
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| !r.destination_fqdn.is_empty())
-                .map(|(i, r)| (i, r.id.clone(), r.destination_fqdn.clone()))
-                .collect(),
-            settings: p.dns.clone(),
-            qps_per_client: p.defaults.dns_qps_per_client,
+            policy: dns::PolicyKey::of(p),
             plan: plan.clone(),
         }
     }
