@@ -12,14 +12,26 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct Names {
     capacity: AtomicUsize,
-    by_addr: Mutex<HashMap<IpAddr, (Arc<str>, Instant)>>,
+    inner: Mutex<Inner>,
 }
+
+#[derive(Debug, Default)]
+struct Inner {
+    by_addr: HashMap<IpAddr, (Arc<str>, Instant)>,
+    /// When a full map was last swept for expired entries: while it stays full of live ones,
+    /// new addresses are turned away without a sweep each (one per answer would make every
+    /// answer cost a pass over `capacity` entries).
+    swept: Option<Instant>,
+}
+
+/// How often a full map is swept at most.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl Names {
     pub fn new(capacity: usize) -> Names {
         Names {
             capacity: AtomicUsize::new(capacity),
-            by_addr: Mutex::default(),
+            inner: Mutex::default(),
         }
     }
 
@@ -30,8 +42,8 @@ impl Names {
 
     /// The name `addr` was last learned for, while it is allowed.
     pub fn lookup(&self, addr: IpAddr) -> Option<String> {
-        let map = self.by_addr.lock().ok()?;
-        let (name, until) = map.get(&addr)?;
+        let inner = self.inner.lock().ok()?;
+        let (name, until) = inner.by_addr.get(&addr)?;
         (*until > Instant::now()).then(|| name.to_string())
     }
 
@@ -40,14 +52,22 @@ impl Names {
         &self,
         learned: impl IntoIterator<Item = (IpAddr, &'a str, Duration)>,
     ) {
-        let Ok(mut map) = self.by_addr.lock() else {
+        let Ok(mut inner) = self.inner.lock() else {
             return;
         };
+        let Inner {
+            by_addr: map,
+            swept,
+        } = &mut *inner;
         let now = Instant::now();
         let capacity = self.capacity.load(Relaxed);
         for (addr, name, ttl) in learned {
             let name = name.trim_end_matches('.');
             if map.len() >= capacity && !map.contains_key(&addr) {
+                if swept.is_some_and(|at| now.duration_since(at) < SWEEP_EVERY) {
+                    continue;
+                }
+                *swept = Some(now);
                 map.retain(|_, (_, until)| *until > now);
                 if map.len() >= capacity {
                     continue;
@@ -63,14 +83,14 @@ impl Names {
 
     /// Forgets every address whose TTL has run out.
     pub(crate) fn expire(&self) {
-        if let Ok(mut map) = self.by_addr.lock() {
+        if let Ok(mut inner) = self.inner.lock() {
             let now = Instant::now();
-            map.retain(|_, (_, until)| *until > now);
+            inner.by_addr.retain(|_, (_, until)| *until > now);
         }
     }
 
     pub fn len(&self) -> usize {
-        self.by_addr.lock().map(|m| m.len()).unwrap_or(0)
+        self.inner.lock().map(|i| i.by_addr.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -109,5 +129,25 @@ mod tests {
         assert_eq!(n.len(), 2);
         n.expire();
         assert_eq!(n.len(), 2);
+    }
+
+    #[test]
+    fn a_full_map_is_swept_at_most_once_a_second() {
+        let n = Names::new(2);
+        n.record([
+            (ip("192.0.2.1"), "a.example.com", Duration::from_secs(60)),
+            (ip("192.0.2.2"), "b.example.com", Duration::from_millis(200)),
+        ]);
+        // Full of live entries: swept, nothing freed, the newcomer turned away.
+        n.record([(ip("192.0.2.3"), "c.example.com", Duration::from_secs(60))]);
+        assert_eq!(n.lookup(ip("192.0.2.3")), None);
+        std::thread::sleep(Duration::from_millis(300));
+        // b has expired, but the last sweep was under a second ago: no sweep per answer.
+        n.record([(ip("192.0.2.4"), "d.example.com", Duration::from_secs(60))]);
+        assert_eq!(n.lookup(ip("192.0.2.4")), None);
+        // The committer's periodic expiry makes the room.
+        n.expire();
+        n.record([(ip("192.0.2.4"), "d.example.com", Duration::from_secs(60))]);
+        assert_eq!(n.lookup(ip("192.0.2.4")).as_deref(), Some("d.example.com"));
     }
 }
