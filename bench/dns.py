@@ -53,6 +53,7 @@ WARM_WINDOW = 16
 BASELINE_P99_MAX_US = 1000
 TARGET_ADDED_P99_US = 1000
 FALLBACK_STEP = 0.8             # an unclean baseline at R: try R * 0.8, R * 0.64, ...
+STALL_US = 1000                 # a CPU taken away this long is a stall (see machine_stalls)
 
 TARGET_DIR = common.TARGET_DIR
 REL = os.path.join(TARGET_DIR, "release")
@@ -259,6 +260,35 @@ def cpu_busy(secs=1.0):
     return (b1 - b0) / max(t1 - t0, 1)
 
 
+def machine_stalls(secs=2.0):
+    """How this machine treats its CPUs when one, then two are kept busy, with no proxy and no
+    network (`dns_load stalls`, one busy thread per CPU): {CPUs busy: [(stalls >= STALL_US,
+    their ms, the longest ms) per CPU]}. On some virtual machines the host takes CPUs away for
+    milliseconds only while more than one is busy; every path's latency at a rate that keeps
+    both CPUs busy then carries those stalls, and only ward's rounds keep both busy."""
+    out = {}
+    for cpus in ((0,), (0, 1)):
+        procs = [subprocess.Popen([DNS_LOAD, "stalls", "--cpu", str(c), "--duration", str(secs)],
+                                  stdout=subprocess.PIPE, text=True) for c in cpus]
+        per = []
+        for p in procs:
+            out_text, _ = p.communicate(timeout=secs + 30)
+            if p.returncode != 0:
+                raise RuntimeError("dns_load stalls failed")
+            big = [us for us in json.loads(out_text)["stalls"] if us >= STALL_US]
+            per.append((len(big), sum(big) / 1000, max(big, default=0) / 1000))
+        out[cpus] = per
+    return out
+
+
+def fmt_stalls(machine):
+    return "; ".join(
+        f"CPU{'s' if len(cpus) > 1 else ''} {'+'.join(map(str, cpus))} busy: "
+        + ", ".join(f"CPU {c} {n} stalls ({ms:.0f} ms, longest {mx:.1f} ms)"
+                    for c, (n, ms, mx) in zip(cpus, per))
+        for cpus, per in machine.items())
+
+
 def rcvbuf_errors(ns):
     """UDP datagrams the namespace dropped because a socket's receive buffer was full."""
     text = run(in_ns(ns, "cat", "/proc/net/snmp")).stdout
@@ -435,6 +465,9 @@ def main():
     log(f"set update latency ({args.set_rounds} commits of 1 and of 3 addresses)")
     su, su_text = set_update_latency(args.set_rounds)
     log("  " + su_text.replace("\n", "\n  "))
+    log("host stalls: CPU 0 kept busy, then CPUs 0 and 1, 2 s each, no network")
+    machine = machine_stalls()
+    log("  " + fmt_stalls(machine))
     log("cache memory: 1M learned addresses, 250 per name and one per name")
     mem = {"250 per name": cache_memory(None), "one per name": cache_memory("one-per-name")}
     for shape, m in mem.items():
@@ -598,6 +631,7 @@ def main():
             + ("" if k == "direct" or lo_bad else
                f" (added p99 {fmt_us(med(lows[k], 'p99_us') - lo99)})")
             for k, label in PATHS) + (f" ({lo_bad})" if lo_bad else ""))
+    print(f"CPU stalls >= {STALL_US} us in 2 s, no proxy or network: {fmt_stalls(machine)}")
     for n, (p50, p99) in sorted(su.items()):
         print(f"set update, {n} address{'es' if n > 1 else ''} per commit "
               f"(nft SetWriter::commit, netlink + kernel): p50 {p50} us, p99 {p99} us")

@@ -15,6 +15,11 @@
 //!     --rate: open loop, QPS queries per second on a fixed schedule, whatever the replies;
 //!             afterwards up to 1 s for the last replies.
 //!     --window: closed loop, as fast as possible with W queries outstanding (peak qps).
+//! dns_load stalls --cpu N --duration S
+//!     Keeps CPU N busy for S seconds (an ordinary thread pinned to it, reading the clock in a
+//!     loop) and records each gap of over 250 us between two reads: time the CPU spent on
+//!     something else, another thread, interrupts, or a hypervisor running something else on
+//!     it. Prints one JSON line: {"cpu": N, "stalls": [LENGTH_US, ...]}.
 //! ```
 //!
 //! A reply counts as answered when it has the query's id and question, NOERROR, and the name's
@@ -53,8 +58,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("serve") => Opts::parse(&args[1..]).and_then(|o| serve(&o)),
         Some("load") => Opts::parse(&args[1..]).and_then(|o| load(&o)),
+        Some("stalls") => Opts::parse(&args[1..]).and_then(|o| stalls(&o)),
         _ => Err("usage: dns_load serve --netns NS [--names N] [--ttl S] [--engine fast|hickory]\n       \
-                  dns_load load --server IP:PORT [--names N] [--duration S] (--rate QPS | --window W)"
+                  dns_load load --server IP:PORT [--names N] [--duration S] (--rate QPS | --window W)\n       \
+                  dns_load stalls --cpu N --duration S"
             .to_string()),
     };
     match result {
@@ -77,6 +84,8 @@ struct Opts {
     window: Option<usize>,
     /// serve: the precomputed-reply server instead of hickory-server.
     fast: bool,
+    /// stalls: the CPU to watch.
+    cpu: Option<usize>,
 }
 
 impl Opts {
@@ -90,6 +99,7 @@ impl Opts {
             rate: None,
             window: None,
             fast: true,
+            cpu: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -106,6 +116,7 @@ impl Opts {
                 "--duration" => o.duration = value.parse().map_err(|e| bad(&e))?,
                 "--rate" => o.rate = Some(value.parse().map_err(|e| bad(&e))?),
                 "--window" => o.window = Some(value.parse().map_err(|e| bad(&e))?),
+                "--cpu" => o.cpu = Some(value.parse().map_err(|e| bad(&e))?),
                 "--engine" => {
                     o.fast = match value {
                         "fast" => true,
@@ -786,5 +797,37 @@ fn closed_loop(sock: UdpSocket, queries: &Queries, window: usize, secs: f64) -> 
     }
     let elapsed = (ns() - start) as f64 / 1e9;
     t.print("window", window as f64, elapsed, 0);
+    Ok(())
+}
+
+/// `dns_load stalls`: see the module's text. An ordinary thread, not a real-time one: a FIFO
+/// thread that never sleeps is throttled by the kernel (`sched_rt_runtime_us`), which would be
+/// recorded as stalls of its own making.
+fn stalls(o: &Opts) -> Result<(), String> {
+    const GAP: Duration = Duration::from_micros(250);
+    let cpu = o.cpu.ok_or("stalls needs --cpu")?;
+    // SAFETY: sched_setaffinity on this thread with a set initialised here.
+    unsafe {
+        let mut set: nix::libc::cpu_set_t = std::mem::zeroed();
+        nix::libc::CPU_SET(cpu, &mut set);
+        if nix::libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+            return Err(format!(
+                "pinning to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(o.duration);
+    let mut found = Vec::new();
+    let mut last = start;
+    while last < end {
+        let now = Instant::now();
+        if now - last > GAP {
+            found.push((now - last).as_micros().to_string());
+        }
+        last = now;
+    }
+    println!("{{\"cpu\": {cpu}, \"stalls\": [{}]}}", found.join(", "));
     Ok(())
 }
