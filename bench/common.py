@@ -8,10 +8,12 @@ import atexit
 import ipaddress
 import json
 import os
+import queue
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -168,6 +170,101 @@ def install_cleanup():
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, _on_signal)
+
+
+# --------------------------------------------------------------------------- children
+
+_procs = []   # every long-running Child started, stopped by pid in stop_all()
+
+
+class Child:
+    """A long-running child whose output lines a thread collects; stopped by its pid."""
+
+    def __init__(self, argv, label, stdin=subprocess.DEVNULL):
+        self.label = label
+        self.p = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        _procs.append(self)
+        self.lines = queue.Queue()
+        self.seen = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, word, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                line = self.lines.get(timeout=max(left, 0.01))
+            except queue.Empty:
+                line = ""
+                if left <= 0:
+                    raise RuntimeError(f"{self.label} not ready after {timeout:.0f}s:\n"
+                                       + "\n".join(self.seen[-20:]))
+            if line is None:
+                self.p.wait()
+                raise RuntimeError(f"{self.label} exited (rc={self.p.returncode}) before "
+                                   f"'{word}':\n" + "\n".join(self.seen[-20:]))
+            if line:
+                self.seen.append(line)
+                if word in line:
+                    return
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=10.0):
+        """Signals the child (by its pid) and waits; returns everything it printed."""
+        if self.alive():
+            try:
+                self.p.send_signal(sig)
+                self.p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        if self in _procs:
+            _procs.remove(self)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            self.seen.append(line)
+        return self.seen
+
+    def peak_rss_mib(self):
+        try:
+            with open(f"/proc/{self.p.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024.0
+        except OSError:
+            pass
+        return None
+
+    def cpu_ticks(self):
+        """(user, system) clock ticks the child has used so far."""
+        with open(f"/proc/{self.p.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]), int(fields[12])
+
+
+def stop_all():
+    """Stops every Child still running (closing its stdin first)."""
+    for c in list(_procs):
+        if c.p.stdin:
+            try:
+                c.p.stdin.close()
+            except OSError:
+                pass
+        c.stop(timeout=5)
 
 
 # --------------------------------------------------------------------------- measuring

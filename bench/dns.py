@@ -23,20 +23,17 @@ iproute2, cargo; installs dnsmasq-base if missing.
 import argparse
 import json
 import os
-import queue
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 sys.dont_write_bytecode = True  # keep bench/ free of __pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from common import ROOT, in_ns, median, run  # noqa: E402
+from common import ROOT, Child, in_ns, median, run, stop_all  # noqa: E402
 
 LAN, FW, WAN = "wbench-lan", "wbench-fw", "wbench-wan"
 PROXY = "192.168.50.1:53"       # dns.listen's default in the lab: the firewall's LAN address
@@ -89,7 +86,6 @@ PATHS = [  # (key, label)
     ("dnsmasq", "dnsmasq --nftset, no cache"),
 ]
 
-_procs = []   # every long-running process this script started, stopped in cleanup()
 
 
 def log(msg):
@@ -113,89 +109,6 @@ class Pinning:
         if not self.enabled:
             return "not pinned"
         return "proxy on CPU 1; upstream and load generator on CPU 0"
-
-
-class Child:
-    """A long-running child whose output lines are collected by a thread."""
-
-    def __init__(self, argv, label, stdin=None):
-        self.label = label
-        self.p = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
-        _procs.append(self)
-        self.lines = queue.Queue()
-        self.seen = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.p.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def wait_for(self, word, timeout=20.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                line = self.lines.get(timeout=max(left, 0.01))
-            except queue.Empty:
-                line = ""
-                if left <= 0:
-                    raise RuntimeError(f"{self.label} not ready after {timeout:.0f}s:\n"
-                                       + "\n".join(self.seen[-20:]))
-            if line is None:
-                self.p.wait()
-                raise RuntimeError(f"{self.label} exited (rc={self.p.returncode}) before "
-                                   f"'{word}':\n" + "\n".join(self.seen[-20:]))
-            if line:
-                self.seen.append(line)
-                if word in line:
-                    return
-
-    def alive(self):
-        return self.p.poll() is None
-
-    def stop(self, sig=signal.SIGTERM, timeout=10.0):
-        """Signals the child (by its pid) and waits; returns everything it printed."""
-        if self.alive():
-            try:
-                self.p.send_signal(sig)
-                self.p.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        if self in _procs:
-            _procs.remove(self)
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            self.seen.append(line)
-        return self.seen
-
-    def peak_rss_mib(self):
-        try:
-            with open(f"/proc/{self.p.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024.0
-        except OSError:
-            pass
-        return None
-
-
-def stop_all():
-    for c in list(_procs):
-        if c.p.stdin:
-            try:
-                c.p.stdin.close()
-            except OSError:
-                pass
-        c.stop(timeout=5)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -641,7 +554,7 @@ def main():
     print()
     print("checks:")
     c = b.ward_counters
-    print(f"  ward counters (all runs): " + " ".join(f"{k}={v}" for k, v in c.items()))
+    print("  ward counters (all runs): " + " ".join(f"{k}={v}" for k, v in c.items()))
     print(f"  ward's set fqdn4-bench at each stop: {sorted(set(b.ward_sets))} elements "
           f"(of {args.names:,} names); ward run peak RSS: "
           f"{max(b.ward_rss) if b.ward_rss else float('nan'):.1f} MiB")

@@ -20,20 +20,17 @@ nftables, iproute2, cargo; installs ethtool if missing.
 import argparse
 import json
 import os
-import queue
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 sys.dont_write_bytecode = True  # keep bench/ free of __pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from common import ROOT, in_ns, median, run  # noqa: E402
+from common import ROOT, Child, in_ns, median, run, stop_all  # noqa: E402
 
 TARGET_DIR = common.TARGET_DIR
 REL = os.path.join(TARGET_DIR, "release")
@@ -73,7 +70,6 @@ nat:
     - {{out_interface: wan0, source: 192.168.50.0/24, masquerade: true}}
 """
 
-_procs = []   # long-running children, stopped by pid in stop_all()
 
 
 def log(msg):
@@ -86,80 +82,6 @@ def pinning(enabled):
     if enabled and (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
         return ["taskset", "-c", "1"], ["taskset", "-c", "0"]
     return [], []
-
-
-class Child:
-    """A long-running child whose output lines a thread collects; stopped by its pid."""
-
-    def __init__(self, argv, label):
-        self.label = label
-        self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
-        _procs.append(self)
-        self.lines = queue.Queue()
-        self.seen = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.p.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def wait_for(self, word, timeout=20.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                line = self.lines.get(timeout=max(left, 0.01))
-            except queue.Empty:
-                line = ""
-                if left <= 0:
-                    raise RuntimeError(f"{self.label} not ready after {timeout:.0f}s:\n"
-                                       + "\n".join(self.seen[-20:]))
-            if line is None:
-                self.p.wait()
-                raise RuntimeError(f"{self.label} exited (rc={self.p.returncode}) before "
-                                   f"'{word}':\n" + "\n".join(self.seen[-20:]))
-            if line:
-                self.seen.append(line)
-                if word in line:
-                    return
-
-    def alive(self):
-        return self.p.poll() is None
-
-    def stop(self, sig=signal.SIGTERM, timeout=10.0):
-        """Signals the child (by its pid) and waits; returns everything it printed."""
-        if self.alive():
-            try:
-                self.p.send_signal(sig)
-                self.p.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        if self in _procs:
-            _procs.remove(self)
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            self.seen.append(line)
-        return self.seen
-
-    def cpu_ticks(self):
-        """(user, system) clock ticks the child has used so far."""
-        with open(f"/proc/{self.p.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]), int(fields[12])
-
-
-def stop_all():
-    for c in list(_procs):
-        c.stop(timeout=5)
 
 
 # --------------------------------------------------------------------------- set-up
