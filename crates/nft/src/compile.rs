@@ -57,18 +57,27 @@ impl Default for Options {
     }
 }
 
-/// The comment that marks which rule a counter belongs to.
+/// The comment that marks which rule a counter belongs to: a policy rule's id, or one of the
+/// default verdicts, which SPEC §3 reports as rule ids (so the policy may not use them).
 pub const DEFAULT_DENY: &str = "default-deny";
 pub const DEFAULT_ACCEPT: &str = "default-accept";
-/// The comment of the rules that drop packets conntrack finds invalid (malformed, or out of
-/// any known connection's state), counted as `malformed_packet` drops.
-pub const INVALID: &str = "ward-ct-invalid";
+/// The comments of the rules ward adds on its own start with `ward:`, which no rule id can
+/// contain: a policy rule named `snat-office` or `icmp-essentials` is never mistaken for one.
+///
+/// The rules that drop packets conntrack finds invalid (malformed, or out of any known
+/// connection's state), counted as `malformed_packet` drops.
+pub const INVALID: &str = "ward:ct-invalid";
+/// The ICMP that every chain lets in (echo requests, PMTU discovery, neighbour discovery).
+pub const ICMP_ESSENTIALS: &str = "ward:icmp-essentials";
+/// The rules ward adds for its DNS proxy: clients in, the proxy out, intercepted.
+pub const DNS_PROXY: &str = "ward:dns-proxy";
+pub const DNS_UPSTREAM: &str = "ward:dns-upstream";
+pub const DNS_INTERCEPT: &str = "ward:dns-intercept";
+/// The policy's NAT entries, numbered in the order given: `ward:snat-0`, `ward:dnat-1`, ...
+pub const SNAT_PREFIX: &str = "ward:snat-";
+pub const DNAT_PREFIX: &str = "ward:dnat-";
 /// The regular chain whose one rule's comment records the policy hash and apply time.
 pub const INFO_CHAIN: &str = "info";
-/// Counters of the rules ward adds for its DNS proxy: clients in, the proxy out, intercepted.
-pub const DNS_PROXY: &str = "ward-dns-proxy";
-pub const DNS_UPSTREAM: &str = "ward-dns-upstream";
-pub const DNS_INTERCEPT: &str = "ward-dns-intercept";
 
 /// The compiled table, and how the rules were laid out.
 #[derive(Clone, Debug)]
@@ -461,7 +470,7 @@ impl Compiler<'_> {
                     matches(payload("icmp", "type"), s("echo-request")),
                     verdict(Verdict::accept()),
                 ],
-                Some("icmp-essentials"),
+                Some(ICMP_ESSENTIALS),
             ),
             self.rule(
                 chain,
@@ -470,7 +479,7 @@ impl Compiler<'_> {
                     matches(payload("icmp", "code"), s("frag-needed")),
                     verdict(Verdict::accept()),
                 ],
-                Some("icmp-essentials"),
+                Some(ICMP_ESSENTIALS),
             ),
             self.rule(
                 chain,
@@ -491,7 +500,7 @@ impl Compiler<'_> {
                     ),
                     verdict(Verdict::accept()),
                 ],
-                Some("icmp-essentials"),
+                Some(ICMP_ESSENTIALS),
             ),
         ]
     }
@@ -823,7 +832,7 @@ impl Compiler<'_> {
                     family: Some(fam.nat_family()),
                     port: Some(num(d.to.port().into())),
                 }));
-                rules.push(self.rule("dstnat", expr, Some(&format!("dnat-{i}"))));
+                rules.push(self.rule("dstnat", expr, Some(&format!("{DNAT_PREFIX}{i}"))));
             }
             rules.extend(intercept);
             let base = BaseChain {
@@ -839,7 +848,7 @@ impl Compiler<'_> {
             let mut rules = Vec::new();
             for (i, sn) in nat.snat.iter().enumerate() {
                 let fam = fam_of(sn.source.addr());
-                let comment = format!("snat-{i}");
+                let comment = format!("{SNAT_PREFIX}{i}");
                 let head = vec![
                     matches(meta("oifname"), s(&sn.out_interface)),
                     matches(Dim::Saddr.key_expr(fam), Val::Net(sn.source).expr()),

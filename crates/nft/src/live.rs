@@ -2,10 +2,7 @@
 //! counters), installing a compiled table in its place, removing it, and the plan (diff)
 //! between it and a policy.
 
-use crate::compile::{
-    Compiled, DEFAULT_ACCEPT, DEFAULT_DENY, DNS_INTERCEPT, DNS_PROXY, DNS_UPSTREAM, INFO_CHAIN,
-    INVALID,
-};
+use crate::compile::{Compiled, INFO_CHAIN};
 use crate::netlink;
 use crate::render::{ChainPart, Parts, SetPart};
 use crate::schema::BaseChain;
@@ -29,7 +26,8 @@ pub struct Installed {
     pub chains: usize,
     pub rules: usize,
     pub map_elements: usize,
-    /// By comment: rule id, `default-deny`/`default-accept` (per chain, summed), `snat-N`, `dnat-N`.
+    /// By comment: rule id, `default-deny`/`default-accept` (per chain, summed), and the
+    /// `ward:` counters of the rules ward adds (`ward:snat-N`, `ward:dnat-N`, ...).
     pub counters: BTreeMap<String, Count>,
 }
 
@@ -112,17 +110,6 @@ pub fn parse_listing(v: &Value) -> Installed {
         }
     }
     out
-}
-
-/// Is this counter key a rule of the policy (not a default, NAT or essentials counter)?
-pub fn is_rule_counter(key: &str) -> bool {
-    key != DEFAULT_DENY
-        && key != DEFAULT_ACCEPT
-        && key != INVALID
-        && key != "icmp-essentials"
-        && !key.starts_with("snat-")
-        && !key.starts_with("dnat-")
-        && ![DNS_PROXY, DNS_UPSTREAM, DNS_INTERCEPT].contains(&key)
 }
 
 /// Installs a compiled table (`render::Parts`) in place of the live one, so that every packet

@@ -133,8 +133,8 @@ fn status_reads_back_what_apply_recorded() {
         "docs-by-name",
         "web-server-in",
         "default-deny",
-        "snat-0",
-        "dnat-0",
+        "ward:snat-0",
+        "ward:dnat-0",
     ] {
         assert!(
             inst.counters.contains_key(id),

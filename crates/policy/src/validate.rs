@@ -361,6 +361,9 @@ fn check_ifname(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The rule ids under which the default verdicts are counted and logged (SPEC §3).
+const RESERVED_IDS: [&str; 2] = ["default-deny", "default-accept"];
+
 fn is_valid_id(id: &str) -> bool {
     let b = id.as_bytes();
     !b.is_empty()
@@ -827,7 +830,12 @@ impl<'f> Validator<'f> {
         let id = match self.required(&o, path, "id") {
             Some(n) => match &n.kind {
                 Kind::Scalar { text, .. } if is_valid_id(text) => {
-                    if let Some(first) = ids.get(text.as_str()) {
+                    if RESERVED_IDS.contains(&text.as_str()) {
+                        let m = format!(
+                            "rule id '{text}' is reserved: ward reports the direction's default verdict under it; choose another id"
+                        );
+                        self.err(n.span, &join(path, "id"), m);
+                    } else if let Some(first) = ids.get(text.as_str()) {
                         let m = format!("duplicate rule id '{text}' (first used on line {first})");
                         self.err(n.span, &join(path, "id"), m);
                     } else {

@@ -495,6 +495,19 @@ rules:
 }
 
 #[test]
+fn default_verdict_ids_are_reserved() {
+    for id in ["default-deny", "default-accept"] {
+        only_err(
+            &format!("rules:\n  - id: {id}\n    action: accept\n"),
+            2,
+            9,
+            "rules[0].id",
+            &format!("rule id '{id}' is reserved: ward reports the direction's default verdict under it; choose another id"),
+        );
+    }
+}
+
+#[test]
 fn bad_id_format() {
     let long = format!("a{}", "b".repeat(64)); // 65 characters
     for bad in ["Web", "1web", "web_1", "-web", long.as_str(), "\"\""] {

@@ -290,8 +290,8 @@ impl Reading {
                     // The kernel counts no such drop: the proxy's refusals are all there is.
                     ("rate_limit_dns", 0),
                 ],
-                snat: nat("snat-"),
-                dnat: nat("dnat-"),
+                snat: nat(nft::compile::SNAT_PREFIX),
+                dnat: nat(nft::compile::DNAT_PREFIX),
                 rules: k.counters,
             }
         });
@@ -641,10 +641,10 @@ mod tests {
             ("ping-out", 7, 588),
             ("no-telnet", 1, 60),
             ("default-deny", 3, 180),
-            ("ward-ct-invalid", 2, 80),
-            ("snat-0", 7, 0),
-            ("snat-1", 1, 0),
-            ("dnat-0", 2, 0),
+            ("ward:ct-invalid", 2, 80),
+            ("ward:snat-0", 7, 0),
+            ("ward:snat-1", 1, 0),
+            ("ward:dnat-0", 2, 0),
         ] {
             table.counters.insert(id.to_string(), count(packets, bytes));
         }
@@ -667,6 +667,35 @@ mod tests {
             encode_text(Fixed(src, reading)),
             golden(include_str!("../testdata/kernel-unread.openmetrics"))
         );
+    }
+
+    /// A policy rule may be called `snat-office`: only the `ward:` counters of the NAT rules
+    /// ward adds are translations, and the rule keeps its own counters.
+    #[test]
+    fn a_rule_named_like_a_nat_entry_is_a_rule() {
+        let src = Sources::new("ward", dns(), None);
+        let p = policy::parse_str(
+            "rules:\n  - {id: snat-office, direction: egress, protocol: tcp, action: accept}\n  - {id: dnat-web, direction: ingress, protocol: tcp, action: deny}\n",
+            "t.yaml",
+        )
+        .expect("policy")
+        .policy;
+        src.set_policy(&p, "abc");
+        let mut table = Installed::default();
+        for (id, packets) in [("snat-office", 5), ("dnat-web", 4), ("ward:snat-0", 2)] {
+            table.counters.insert(id.to_string(), count(packets, 0));
+        }
+        let view = src.policy.lock().expect("view").clone();
+        let reading = Reading::kernel(Some(table), None, None, &view);
+        let text = encode_text(Fixed(Arc::new(src), reading));
+        for line in [
+            "ward_rule_accepts_total{rule_id=\"snat-office\"} 5",
+            "ward_rule_drops_total{rule_id=\"dnat-web\"} 4",
+            "ward_nat_translations_total{kind=\"snat\"} 2",
+            "ward_nat_translations_total{kind=\"dnat\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
+        }
     }
 
     /// The engine's snapshot fills the same families: the policy's rules in its order, its

@@ -496,7 +496,7 @@ struct Status {
     applied_at: Option<String>,
     pending_confirmation: Option<String>,
     last_error: Option<String>,
-    /// Per rule id (and default-deny / default-accept, snat-N, dnat-N).
+    /// Per rule id (and default-deny / default-accept, ward:snat-N, ward:dnat-N, ...).
     counters: std::collections::BTreeMap<String, live::Count>,
     /// Packets dropped, by drop reason.
     drops: std::collections::BTreeMap<&'static str, u64>,
