@@ -7,13 +7,19 @@
 
 mod common;
 
+use common::scrape::{body, samples, scrape, value};
 use common::*;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use testlab::{answer_addrs, dns_exchange, dns_query, edns, Firewall, Transport, Zone};
+
+/// Where ward serves `--metrics`, inside the firewall's namespace.
+const METRICS: &str = "127.0.0.1:9581";
+/// Long enough for a SYN that was lost to be sent again (the first retry is after 1 s).
+const PATIENT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Plane {
@@ -234,46 +240,98 @@ fn a_thousand_rounds_of_resolve_then_connect_immediately(plane: Plane) {
         .wan()
         .tcp_server(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 80))
         .expect("server");
-    let ward = start(
-        plane,
-        &lab,
-        &policy(
-            "",
-            "  - {id: race, direction: egress, destination_fqdn: \"*.race.test\", protocol: tcp, destination_port: 80, action: accept}\n",
-        )
-        // One client asking as fast as it can: well over the default 100 a second.
-        .replace("upstream_dns:", "dns_qps_per_client: 100000\n  upstream_dns:"),
-    );
-    let failures = lab
-        .lan()
-        .run(|| {
-            let mut failures = Vec::new();
-            for i in 0..ROUNDS {
-                let name = format!("r{i}.race.test.");
-                let wire = dns_query(&name, RecordType::A, Some(edns(1232)));
-                let addrs = match dns_exchange(PROXY, &wire, Transport::Udp, DNS_TIMEOUT) {
-                    Ok(m) => answer_addrs(&m),
-                    Err(e) => {
-                        failures.push(format!("{name}: query: {e}"));
-                        continue;
-                    }
-                };
-                let Some(&dst) = addrs.first() else {
-                    failures.push(format!("{name}: no address"));
-                    continue;
-                };
-                if let Err(e) = TcpStream::connect_timeout(&SocketAddr::new(dst, 80), TIMEOUT) {
-                    failures.push(format!("{name} → {dst}: connect: {e}"));
-                }
+    // A SYN that arrives before its address is allowed is counted by `race-miss`: a race is
+    // seen even when the retransmitted SYN then gets through, and a slow connect under load
+    // (the generous timeout below) is not mistaken for one.
+    let yaml = policy(
+        "",
+        "  - {id: race, direction: egress, destination_fqdn: \"*.race.test\", protocol: tcp, destination_port: 80, action: accept}
+  - {id: race-miss, direction: egress, protocol: tcp, destination_port: 80, action: deny}\n",
+    )
+    // One client asking as fast as it can: well over the default 100 a second.
+    .replace("upstream_dns:", "dns_qps_per_client: 100000\n  upstream_dns:");
+    let metrics = ["--metrics", METRICS];
+    let ward = match plane {
+        Plane::Kernel => WardRun::start_with(&lab, &yaml, &metrics),
+        Plane::Engine => WardRun::engine(
+            &lab,
+            &yaml,
+            &[
+                "--gateway",
+                &addr::WAN_HOST.to_string(),
+                metrics[0],
+                metrics[1],
+            ],
+        ),
+    };
+    // The allowed SYNs and the missed ones so far, once the counters show `rounds` allowed
+    // (the engine publishes its counters every 100 ms or so).
+    let counts = |rounds: u32| {
+        let deadline = Instant::now() + PATIENT;
+        loop {
+            let s = samples(body(&scrape(&lab, METRICS)));
+            let allowed = value(&s, "ward_rule_accepts_total{rule_id=race}");
+            if allowed >= rounds as f64 || Instant::now() > deadline {
+                return (
+                    allowed,
+                    value(&s, "ward_rule_drops_total{rule_id=race-miss}"),
+                );
             }
-            failures
-        })
-        .expect("netns");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut failures = Vec::new();
+    let mut next = 0;
+    while next < ROUNDS {
+        // Rounds up to one whose connect took a second or more: its first SYN was dropped and
+        // sent again, or the machine is only busy. The counters tell which, before going on.
+        let (mut failed, done) = lab
+            .lan()
+            .run(move || {
+                let mut failures = Vec::new();
+                for i in next..ROUNDS {
+                    let name = format!("r{i}.race.test.");
+                    let wire = dns_query(&name, RecordType::A, Some(edns(1232)));
+                    let addrs = match dns_exchange(PROXY, &wire, Transport::Udp, DNS_TIMEOUT) {
+                        Ok(m) => answer_addrs(&m),
+                        Err(e) => {
+                            failures.push(format!("{name}: query: {e}"));
+                            continue;
+                        }
+                    };
+                    let Some(&dst) = addrs.first() else {
+                        failures.push(format!("{name}: no address"));
+                        continue;
+                    };
+                    let sent = Instant::now();
+                    if let Err(e) = TcpStream::connect_timeout(&SocketAddr::new(dst, 80), PATIENT) {
+                        failures.push(format!("{name} → {dst}: connect: {e}"));
+                    }
+                    if sent.elapsed() >= Duration::from_secs(1) {
+                        return (failures, i + 1);
+                    }
+                }
+                (failures, ROUNDS)
+            })
+            .expect("netns");
+        failures.append(&mut failed);
+        next = done;
+        let (_, missed) = counts(next);
+        assert_eq!(
+            missed, 0.0,
+            "SYNs arrived before their address was allowed (by round {next})"
+        );
+    }
     assert!(
         failures.is_empty(),
         "{} of {ROUNDS} rounds failed: {:?}",
         failures.len(),
         &failures[..failures.len().min(10)]
+    );
+    let (allowed, _) = counts(ROUNDS);
+    assert_eq!(
+        allowed, ROUNDS as f64,
+        "one new connection allowed per round"
     );
     ward.stop();
     lab.down().unwrap();
