@@ -170,6 +170,8 @@ fn handling_frames_allocates_nothing() {
         Ok(e) => e,
         Err(err) => panic!("{err}"),
     };
+    // Logged packets (here the default denies) are held in room allocated now.
+    e.start_logging();
     let host = Ipv4Addr::new(192, 168, 1, 10);
     let remote = Ipv4Addr::new(203, 0, 113, 5);
     let unknown = Ipv4Addr::new(192, 168, 1, 99);
@@ -210,7 +212,9 @@ fn handling_frames_allocates_nothing() {
         copy.copy_from_slice(frame);
         actions.push(e.handle(*side, copy, now as u64, &mut out));
     }
+    let logged = e.take_logged().count();
     let during = allocations() - before;
+    assert!(logged > 0, "the default denies were logged");
 
     // Then the replies to every forwarded new flow: established traffic back through NAT.
     for ((side, _), copy) in frames.iter().zip(&copies) {

@@ -74,6 +74,7 @@ use super::checksum;
 use super::conntrack::{Conntrack, Opening, Refused, State, Timeouts, Tuple};
 use super::filter::{self, Direction, Filter, FlowKey, IfaceId, Verdict};
 use super::forward::{address, forward, record_route, NotForwarded};
+use super::log::{Logbook, Logged};
 use super::nat::{self, NatIface, NatPlan, Translation};
 use super::packet::{icmp_type, parse, proto, Ip, Payload, L4};
 use super::DropReason;
@@ -364,6 +365,7 @@ pub struct Engine {
     drops: [u64; DropReason::ALL.len()],
     discards: [u64; Discard::ALL.len()],
     totals: Totals,
+    log: Logbook,
 }
 
 impl Engine {
@@ -409,6 +411,7 @@ impl Engine {
             drops: [0; DropReason::ALL.len()],
             discards: [0; Discard::ALL.len()],
             totals: Totals::default(),
+            log: Logbook::default(),
         };
         engine.resolve_names();
         engine.rules = vec![Count::default(); engine.filter.rule_count() + 2];
@@ -427,6 +430,29 @@ impl Engine {
         self.conntrack.set_timeouts(rules.timeouts);
         self.resolve_names();
         self.rules = vec![Count::default(); self.filter.rule_count() + 2];
+        self.log.rules(self.filter.rule_count());
+    }
+
+    /// Holds the packets that `log: true` rules and default denies decide from now on, for
+    /// [`take_logged`](Engine::take_logged) (see [`super::log`]).
+    pub fn start_logging(&mut self) {
+        self.log.start(self.filter.rule_count());
+    }
+
+    /// The logged packets held since the last take, oldest first.
+    pub fn take_logged(&mut self) -> impl Iterator<Item = Logged> + '_ {
+        self.log.take()
+    }
+
+    /// Logged packets lost (no room left between two takes, or held across a reload), and
+    /// those over their rule's rate.
+    pub fn log_lost(&self) -> (u64, u64) {
+        (self.log.lost, self.log.limited)
+    }
+
+    /// The id of the rule at position `rule` in the policy in force.
+    pub fn rule_id(&self, rule: u32) -> Option<&str> {
+        self.filter.rule(rule).map(|(id, _)| id)
     }
 
     fn resolve_names(&mut self) {
@@ -590,6 +616,7 @@ impl Engine {
             if !(self.icmp_essentials && essential_icmp(ip)) {
                 let verdict = self.filter.classify(&key, now);
                 self.count_rule(&verdict, bytes);
+                self.note(&verdict, &key, ip, Some(side), None, now);
                 if let Some(reason) = verdict.drop_reason() {
                     return self.drop(reason);
                 }
@@ -610,6 +637,7 @@ impl Engine {
         key.out_iface = self.filter_iface[index(out_side)];
         let verdict = self.filter.classify(&key, now);
         self.count_rule(&verdict, bytes);
+        let logged = self.note(&verdict, &key, ip, Some(side), Some(out_side), now);
         if let Some(reason) = verdict.drop_reason() {
             return self.drop(reason);
         }
@@ -655,6 +683,14 @@ impl Engine {
             }
             self.totals.snat += u64::from(snat);
             self.totals.dnat += u64::from(dnat);
+            // As the kernel plane's event log reads it from the connection: source NAT's
+            // address and port, else the public address a port-forward's client asked for.
+            if snat {
+                let onward = t.onward();
+                self.log.translated(logged, (onward.src, onward.sport));
+            } else if dnat {
+                self.log.translated(logged, (t.orig.dst, t.orig.dport));
+            }
         }
         let rewrite = translation.filter(|t| !t.is_identity()).map(|t| t.onward());
         self.send(frame, ip, rewrite.as_ref(), out_side, hop, now, out)
@@ -782,6 +818,7 @@ impl Engine {
             let verdict = self.filter.classify(&key, now);
             let bytes = ip.offsets.end.saturating_sub(ip.offsets.l3) as u64;
             self.count_rule(&verdict, bytes);
+            self.note(&verdict, &key, &ip, None, Some(side), now);
             if let Some(reason) = verdict.drop_reason() {
                 return self.drop(reason);
             }
@@ -950,6 +987,44 @@ impl Engine {
         if let Some(count) = self.rules.get_mut(at) {
             count.add(bytes);
         }
+    }
+
+    /// Holds the packet for the event log if its verdict is logged (see [`Logbook::note`]).
+    fn note(
+        &mut self,
+        verdict: &Verdict,
+        key: &FlowKey,
+        ip: &Ip,
+        from: Option<Side>,
+        to: Option<Side>,
+        now: u64,
+    ) -> Option<usize> {
+        if !verdict.log {
+            return None;
+        }
+        let packet = Logged {
+            at: now,
+            rule: verdict.rule,
+            direction: key.direction,
+            accept: verdict.action == filter::Action::Accept,
+            from,
+            to,
+            src: key.src,
+            dst: key.dst,
+            proto: ip.proto,
+            l4: match (ip.l4, key.dport) {
+                // The filter's view: the port destination NAT gave it.
+                (L4::Tcp { sport, flags, .. }, Some(dport)) => L4::Tcp {
+                    sport,
+                    dport,
+                    flags,
+                },
+                (L4::Udp { sport, .. }, Some(dport)) => L4::Udp { sport, dport },
+                (l4, _) => l4,
+            },
+            translated: None,
+        };
+        self.log.note(verdict, self.filter.rule_count(), packet)
     }
 
     fn drop(&mut self, reason: DropReason) -> Action {

@@ -8,6 +8,7 @@ pub mod conntrack;
 pub mod engine;
 pub mod filter;
 pub mod forward;
+pub mod log;
 pub mod nat;
 pub mod packet;
 

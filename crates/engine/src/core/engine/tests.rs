@@ -1690,3 +1690,104 @@ fn a_host_packet_for_an_unknown_neighbour_asks_for_it_and_passes_once_it_is_know
     assert_eq!(left(&q).0, mac);
     assert_eq!(count(&e, "ntp-out"), 1, "judged once");
 }
+
+/// With logging on, each packet a `log: true` rule or a default deny decides is held once,
+/// as the filter saw it, with the NAT its flow got; other rules' packets are not.
+#[test]
+fn logged_decisions_are_held_with_their_flow_and_nat() {
+    let logged = POLICY
+        .replace(
+            "destination_port: [80, 443]}",
+            "destination_port: [80, 443], log: true}",
+        )
+        .replace("destination_port: 23}", "destination_port: 23, log: true}")
+        .replace("destination_port: 80}", "destination_port: 80, log: true}");
+    let mut e = engine_with(&logged, 64);
+    know_neighbours(&mut e, 0);
+    let mut syn = tcp(Side::Lan, (HOST, 40000), (REMOTE, 443), SYN);
+    run(&mut e, Side::Lan, &mut syn, SEC);
+    assert_eq!(e.take_logged().count(), 0, "not started");
+
+    e.start_logging();
+    let wan_host = |mut frame: Vec<u8>| {
+        frame[6..12].copy_from_slice(&WAN_HOST_MAC.0);
+        frame
+    };
+    let frames = [
+        (Side::Lan, tcp(Side::Lan, (HOST, 40001), (REMOTE, 443), SYN)),
+        (Side::Lan, tcp(Side::Lan, (HOST, 40002), (REMOTE, 23), SYN)),
+        // ping-out does not log; nor does the established flow's next segment.
+        (Side::Lan, echo(Side::Lan, HOST, REMOTE, 8, 7)),
+        (Side::Lan, tcp(Side::Lan, (HOST, 40001), (REMOTE, 443), ACK)),
+        (
+            Side::Wan,
+            wan_host(tcp(Side::Wan, (WAN_HOST, 5555), (WAN_IP, 8080), SYN)),
+        ),
+        (
+            Side::Wan,
+            wan_host(tcp(Side::Wan, (WAN_HOST, 5556), (WAN_IP, 2222), SYN)),
+        ),
+    ];
+    for (side, mut f) in frames {
+        run(&mut e, side, &mut f, 2 * SEC);
+    }
+    let held: Vec<Logged> = e.take_logged().collect();
+    let summary: Vec<_> = held
+        .iter()
+        .map(|l| {
+            let (sport, dport) = match l.l4 {
+                L4::Tcp { sport, dport, .. } => (sport, dport),
+                _ => (0, 0),
+            };
+            (
+                l.rule.and_then(|r| e.rule_id(r)),
+                l.direction,
+                l.accept,
+                (l.from, l.to),
+                (l.src, sport, l.dst, dport),
+                l.translated.map(|(a, p)| (a, p != 0)),
+            )
+        })
+        .collect();
+    let v4 = IpAddr::V4;
+    assert_eq!(
+        summary,
+        [
+            (
+                Some("web"),
+                Direction::Egress,
+                true,
+                (Some(Side::Lan), Some(Side::Wan)),
+                (v4(HOST), 40001, v4(REMOTE), 443),
+                Some((v4(WAN_IP), true)),
+            ),
+            (
+                Some("no-telnet"),
+                Direction::Egress,
+                false,
+                (Some(Side::Lan), Some(Side::Wan)),
+                (v4(HOST), 40002, v4(REMOTE), 23),
+                None,
+            ),
+            // Judged on the inside address; the public one is the translated side.
+            (
+                Some("forwarded-web"),
+                Direction::Ingress,
+                true,
+                (Some(Side::Wan), Some(Side::Lan)),
+                (v4(WAN_HOST), 5555, v4(HOST), 80),
+                Some((v4(WAN_IP), true)),
+            ),
+            (
+                None,
+                Direction::Input,
+                false,
+                (Some(Side::Wan), None),
+                (v4(WAN_HOST), 5556, v4(WAN_IP), 2222),
+                None,
+            ),
+        ]
+    );
+    assert_eq!(held[2].translated, Some((v4(WAN_IP), 8080)));
+    assert_eq!(e.log_lost(), (0, 0));
+}
