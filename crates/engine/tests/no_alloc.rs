@@ -2,7 +2,7 @@
 //! flows with SNAT and DNAT, established traffic both ways, drops of every early kind, an
 //! unresolved next hop, queries for the DNS proxy and the host stack's packets) go through an
 //! engine whose tables were built beforehand; nor does the packet loop's look at its
-//! learned-address inbox when no batch waits.
+//! learned-address inbox when no batch waits, nor holding logged packets for the event log.
 //!
 //! Its own test binary, since the global allocator is per binary; counts are per thread, so
 //! the harness's other threads do not disturb them.
