@@ -296,7 +296,7 @@ _ward() {
             return 0
             ;;
         ward__subcmd__engine)
-            opts="-h --lan --wan --lan-addr --wan-addr --gateway --netns --conntrack-capacity --metrics --table --state-dir --help"
+            opts="-h --lan --wan --lan-addr --wan-addr --gateway --netns --conntrack-capacity --metrics --log --table --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -331,6 +331,10 @@ _ward() {
                     return 0
                     ;;
                 --metrics)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

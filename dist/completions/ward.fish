@@ -88,6 +88,7 @@ complete -c ward -n "__fish_ward_using_subcommand engine" -l gateway -d 'Next ho
 complete -c ward -n "__fish_ward_using_subcommand engine" -l netns -d 'Run inside this named network namespace' -r
 complete -c ward -n "__fish_ward_using_subcommand engine" -l conntrack-capacity -d 'Connections tracked at most; new ones beyond are dropped (conntrack_full)' -r
 complete -c ward -n "__fish_ward_using_subcommand engine" -l metrics -d 'Serve Prometheus metrics on this address (e.g. 127.0.0.1:9580), in the namespace the engine runs in; off by default' -r
+complete -c ward -n "__fish_ward_using_subcommand engine" -l log -d 'Write one ECS JSON event per logged packet (`log: true` rules, default denies) to FILE ("-" for stdout)' -r -F
 complete -c ward -n "__fish_ward_using_subcommand engine" -l table -d 'Name of the one nftables table ward owns (family inet)' -r
 complete -c ward -n "__fish_ward_using_subcommand engine" -l state-dir -d 'Where snapshots, pending confirmations and the audit log are kept' -r -F
 complete -c ward -n "__fish_ward_using_subcommand engine" -s h -l help -d 'Print help'

@@ -28,8 +28,8 @@
 //! SIGINT end [`Driver::run`] at its next wake-up (within [`POLL_MS`]). With
 //! [`Driver::run_learning`], addresses the DNS side learned and reloaded policies
 //! ([`crate::learn`]) are applied between waits. A hook set with [`Driver::on_tick`] is shown
-//! the engine at every sweep and after every reload (to publish its counters elsewhere, the
-//! packet path untouched).
+//! the engine at every sweep and after every reload (to publish its counters elsewhere and take
+//! its logged packets, the packet path untouched).
 //!
 //! A host stack can be attached ([`Driver::attach_host`], a [`Tun`]): packets the engine
 //! delivers are written to it, packets read from it go to [`Engine::handle_host`].
@@ -660,7 +660,7 @@ pub struct Driver {
 }
 
 /// What [`Driver::on_tick`] calls.
-pub type Tick = Box<dyn FnMut(&Engine, &Stats) + Send>;
+pub type Tick = Box<dyn FnMut(&mut Engine, &Stats) + Send>;
 
 /// Host packets held at most, waiting for their next hop's MAC.
 pub const PARKED: usize = 16;

@@ -113,8 +113,13 @@ impl RuleBook {
         let rest = std::str::from_utf8(rest).map_err(|_| Skip::Foreign)?;
         let mut words = rest.split_ascii_whitespace();
         let id = words.next().ok_or(Skip::Foreign)?;
+        self.rule(id, words.next().unwrap_or_default())
+    }
+
+    /// The rule `id` of the policy that logs, or the default deny of `chain` (`input`,
+    /// `forward` or `output`) when `id` is `default-deny`.
+    pub fn rule<'a>(&'a self, id: &'a str, chain: &str) -> Result<Decision<'a>, Skip> {
         if id == DEFAULT_DENY {
-            let chain = words.next().unwrap_or_default();
             let direction = match chain {
                 "input" => Some(Direction::Input),
                 "output" => Some(Direction::Output),

@@ -1,5 +1,6 @@
 //! `ward run --log`: a reader thread turns the kernel's NFLOG group into ECS events, a writer
-//! thread appends them to the file (or stdout), one JSON object per line.
+//! thread appends them to the file (or stdout), one JSON object per line. `ward engine --log`
+//! has the writer only, and hands over the engine's logged packets itself.
 //!
 //! Enforcement never waits on this: the kernel hands logged packets to NFLOG and goes on; the
 //! reader never waits on the writer either, since a full queue drops its oldest events.
@@ -90,6 +91,29 @@ impl EventLog {
         group: u16,
         domains: impl DomainLookup + 'static,
     ) -> Result<EventLog, Error> {
+        let mut log = EventLog::writer(output, policy)?;
+        let reader = Reader {
+            sub: Subscription::open(group)?,
+            lookup: Lookup::open()?,
+            book: log.book.clone(),
+            queue: log.queue.clone(),
+            counters: log.counters.clone(),
+            domains: Box::new(domains),
+            names: Names::default(),
+        };
+        let stop = log.stop.clone();
+        log.reader = Some(
+            std::thread::Builder::new()
+                .name("ward-ecs-reader".into())
+                .spawn(move || reader.run(&stop))
+                .map_err(Error::Thread)?,
+        );
+        Ok(log)
+    }
+
+    /// The writer alone, for a data plane that hands over the packets it logged itself
+    /// (`ward engine`'s): see [`record`](EventLog::record).
+    pub fn writer(output: &Path, policy: Option<&Policy>) -> Result<EventLog, Error> {
         let out: Box<dyn Write + Send> = if output == Path::new("-") {
             Box::new(std::io::stdout())
         } else {
@@ -104,45 +128,38 @@ impl EventLog {
                 })?;
             Box::new(BufWriter::new(f))
         };
-        let sub = Subscription::open(group)?;
-        let lookup = Lookup::open()?;
         let book = policy.map_or_else(RuleBook::empty, RuleBook::new);
-        let book = Arc::new(RwLock::new(Arc::new(book)));
-        let counters = Arc::new(Counters::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let queue = Arc::new(Queue::new(QUEUE_CAPACITY));
         let mut log = EventLog {
-            book: book.clone(),
-            counters: counters.clone(),
-            stop: stop.clone(),
-            queue: queue.clone(),
+            book: Arc::new(RwLock::new(Arc::new(book))),
+            counters: Arc::new(Counters::default()),
+            stop: Arc::new(AtomicBool::new(false)),
+            queue: Arc::new(Queue::new(QUEUE_CAPACITY)),
             reader: None,
             writer: None,
         };
-        let writer = {
-            let (queue, counters) = (queue.clone(), counters.clone());
+        let (queue, counters) = (log.queue.clone(), log.counters.clone());
+        log.writer = Some(
             std::thread::Builder::new()
                 .name("ward-ecs-writer".into())
                 .spawn(move || write(out, &queue, &counters))
-                .map_err(Error::Thread)?
-        };
-        log.writer = Some(writer);
-        let reader = Reader {
-            sub,
-            lookup,
-            book,
-            queue,
-            counters,
-            domains: Box::new(domains),
-            names: Names::default(),
-        };
-        log.reader = Some(
-            std::thread::Builder::new()
-                .name("ward-ecs-reader".into())
-                .spawn(move || reader.run(&stop))
                 .map_err(Error::Thread)?,
         );
         Ok(log)
+    }
+
+    /// One packet the caller's data plane logged: decided by the policy's rule `rule`, or by
+    /// `chain`'s default deny when `rule` is `default-deny` (see [`RuleBook::rule`]). Never
+    /// waits for the writer.
+    pub fn record(&self, rule: &str, chain: &str, seen: Seen) {
+        let book = self.book.read().unwrap_or_else(|e| e.into_inner()).clone();
+        match book.rule(rule, chain) {
+            Ok(d) => {
+                if self.queue.push(Event::new(&book, &d, seen)) {
+                    bump(&self.counters.dropped);
+                }
+            }
+            Err(_) => bump(&self.counters.skipped),
+        }
     }
 
     /// Events from now on describe `policy`'s rules (after a reload).

@@ -66,8 +66,12 @@ impl Sources {
     }
 
     /// The engine's metrics (`ward engine`): what its loop publishes to `counters`.
-    pub fn engine(counters: Arc<EngineCounters>, dns: Arc<Stats>) -> Sources {
-        Sources::with(Plane::Engine(counters), dns, None)
+    pub fn engine(
+        counters: Arc<EngineCounters>,
+        dns: Arc<Stats>,
+        log: Option<Arc<crate::Counters>>,
+    ) -> Sources {
+        Sources::with(Plane::Engine(counters), dns, log)
     }
 
     fn with(plane: Plane, dns: Arc<Stats>, log: Option<Arc<crate::Counters>>) -> Sources {
@@ -703,7 +707,7 @@ mod tests {
     #[test]
     fn the_engine_plane_serves_its_published_counters() {
         let counters = Arc::new(EngineCounters::default());
-        let src = with_policy(Sources::engine(counters.clone(), dns()));
+        let src = with_policy(Sources::engine(counters.clone(), dns(), None));
         let unpublished = render(&src);
         assert!(!unpublished.contains("ward_rule_accepts"), "{unpublished}");
         assert!(!unpublished.contains("ward_conntrack"), "{unpublished}");

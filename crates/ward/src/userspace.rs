@@ -6,13 +6,15 @@
 //! dropping a connection (see `reload`).
 //!
 //! With `--metrics` the counters are served as Prometheus metrics meanwhile: the packet loop
-//! publishes a snapshot of them at every sweep (see [`publish`]), which scrapes read.
+//! publishes a snapshot of them at every sweep (see [`publish`]), which scrapes read. With
+//! `--log` the packets it logged are written as ECS events at the same ticks (see `events`).
 //!
 //! The engine owns the addresses given on the command line: it answers ARP for them, and
 //! with name rules it serves the DNS proxy on them from a host stack of its own (see `host`).
 //! The kernel must not forward in the same namespace (it would pass what the engine drops),
 //! so `ward engine` refuses to start where IPv4 forwarding is on.
 
+mod events;
 mod host;
 mod learner;
 mod reload;
@@ -58,6 +60,10 @@ pub struct EngineArgs {
     /// engine runs in; off by default
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Write one ECS JSON event per logged packet (`log: true` rules, default denies) to FILE
+    /// ("-" for stdout)
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
 }
 
 fn parse_addr(s: &str) -> std::result::Result<(Ipv4Addr, u8), String> {
@@ -91,12 +97,23 @@ pub fn run(a: &EngineArgs) -> Result {
         .map_err(|Failure(e)| Failure(format!("{e}\nthe engine did not start.")))?;
     snat_warnings(policy, &a.lan, &a.wan);
 
-    // The metrics address is taken before anything is forwarded: if it cannot be, nothing is.
+    // The event log and the metrics address are taken before anything is forwarded: if
+    // either cannot be, nothing is.
+    let events = match &a.log {
+        Some(out) => Some(Arc::new(
+            telemetry::EventLog::writer(out, Some(policy))
+                .map_err(|e| Failure(format!("error: {e}\nthe engine did not start.")))?,
+        )),
+        None => None,
+    };
     let dns_stats = Arc::new(dns::Stats::default());
+    // The names the DNS proxy learned addresses for, which events carry.
+    let names = Arc::new(dns::Names::new(policy.dns.capacity as usize));
     let counters = Arc::new(EngineCounters::default());
     let sources = Arc::new(metrics::Sources::engine(
         counters.clone(),
         dns_stats.clone(),
+        events.as_ref().map(|e| e.counters()),
     ));
     sources.set_policy(policy, &loaded.sha256);
     let metrics_server = match a.metrics {
@@ -150,6 +167,7 @@ pub fn run(a: &EngineArgs) -> Result {
                 feed,
                 stop,
                 dns_stats,
+                names.clone(),
             )?;
             driver.attach_host(tun);
             println!(
@@ -173,10 +191,28 @@ pub fn run(a: &EngineArgs) -> Result {
             None
         }
     };
+    let published = metrics_server.as_ref().map(|_| counters.clone());
+    if let Some(c) = &published {
+        publish(c, &engine);
+    }
+    let events = events.map(|log| {
+        engine.start_logging();
+        let ifaces = [a.lan.clone(), a.wan.clone()];
+        let e = events::Events::new(log.clone(), names.clone(), ifaces, driver.now());
+        (log, Arc::new(std::sync::Mutex::new(e)))
+    });
+    let taker = events.as_ref().map(|(_, e)| e.clone());
+    if published.is_some() || taker.is_some() {
+        driver.on_tick(Box::new(move |engine, _| {
+            if let Some(c) = &published {
+                publish(c, engine);
+            }
+            if let Some(e) = &taker {
+                e.lock().unwrap_or_else(|e| e.into_inner()).take(engine);
+            }
+        }));
+    }
     if let Some(server) = &metrics_server {
-        publish(&counters, &engine);
-        let counters = counters.clone();
-        driver.on_tick(Box::new(move |engine, _| publish(&counters, engine)));
         println!("metrics on http://{}/metrics", server.addr());
     }
     let reloads = reload::ReloadThread::start(
@@ -195,6 +231,7 @@ pub fn run(a: &EngineArgs) -> Result {
             dns: dns.as_ref().map(|p| reload::DnsKey::of(policy, p)),
             generation: 0,
             metrics: metrics_server.as_ref().map(|_| sources.clone()),
+            events: events.as_ref().map(|(log, _)| log.clone()),
         },
     );
     let reloads = match reloads {
@@ -221,8 +258,14 @@ pub fn run(a: &EngineArgs) -> Result {
         loaded.sha256
     );
     let result = driver.run_learning(&mut engine, stop, &mut inbox);
-    // The last scrapes, while the rest stops, see the final counts.
+    // The last scrapes, while the rest stops, see the final counts; the last logged packets
+    // are written.
     publish(&counters, &engine);
+    if let Some((_, e)) = &events {
+        e.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(&mut engine);
+    }
     // The proxy stops with the loop, however it ended; a reload under way finds it gone.
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(inbox);

@@ -1,7 +1,7 @@
-//! `ward run --log FILE` on real traffic: connection attempts through the lab's firewall
-//! become one ECS event each, with the rule, the flow and the NAT they got (masquerade out,
-//! a port-forward in). Each attempt sends exactly one SYN, so each logged rule sees exactly
-//! one packet.
+//! `ward run --log FILE` and `ward engine --log FILE` on real traffic: connection attempts
+//! through the lab's firewall become one ECS event each, with the rule, the flow and the NAT
+//! they got (masquerade out, a port-forward in), alike on both data planes. Each attempt sends
+//! exactly one SYN, so each logged rule sees exactly one packet.
 
 mod common;
 
@@ -23,7 +23,41 @@ const WEB: u16 = 8080;
 const FORWARDED: u16 = 8081;
 const INSIDE: u16 = 80;
 
-fn policy() -> String {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plane {
+    Kernel,
+    Engine,
+}
+
+/// A lab for `plane`, and ward logging to `log` in it.
+fn start(plane: Plane, yaml: &str, log: &TempPath) -> (Lab, WardRun) {
+    match plane {
+        Plane::Kernel => {
+            let lab = lab();
+            let ward = WardRun::start_with(&lab, yaml, &["--log", log.path()]);
+            (lab, ward)
+        }
+        Plane::Engine => {
+            let lab = Lab::up_with(LabSpec::unique("we"), testlab::Firewall::Userspace)
+                .unwrap_or_else(|e| {
+                    panic!("cannot build the namespace lab (tests need root, netns, veth): {e}")
+                });
+            let ward = WardRun::engine(&lab, yaml, &["--log", log.path()]);
+            (lab, ward)
+        }
+    }
+}
+
+/// The port-forward's public address: the kernel lab's firewall has a second WAN address;
+/// the engine owns one address per side.
+fn public_ip(plane: Plane) -> Ipv4Addr {
+    match plane {
+        Plane::Kernel => addr::FW_WAN2,
+        Plane::Engine => addr::FW_WAN,
+    }
+}
+
+fn policy(public: Ipv4Addr) -> String {
     format!(
         "defaults:
   default_action: deny
@@ -57,7 +91,7 @@ nat:
       source: 192.168.50.0/24
       masquerade: true
   dnat:
-    - wan_ip: 198.51.100.2
+    - wan_ip: {public}
       wan_port: {FORWARDED}
       to: \"192.168.50.10:{INSIDE}\"
       proto: tcp
@@ -196,20 +230,20 @@ fn only(all: &[Value], from: SocketAddr) -> Value {
     e.remove(0)
 }
 
-#[test]
-fn each_logged_decision_is_one_ecs_event() {
-    let lab = lab();
+fn each_logged_decision_is_one_ecs_event(plane: Plane) {
     let log = TempPath::new("ecs.jsonl");
-    let ward = WardRun::start_with(&lab, &policy(), &["--log", log.path()]);
+    let (lab, ward) = start(plane, &policy(public_ip(plane)), &log);
 
-    // NFLOG groups are per namespace and have one listener: a second event log is refused
-    // before it changes anything.
-    let second = ward_in(&lab, ward.file(), log.path());
-    assert!(
-        !second.status.success() && text(&second).contains("NFLOG group 100"),
-        "second ward run:\n{}",
-        text(&second)
-    );
+    if plane == Plane::Kernel {
+        // NFLOG groups are per namespace and have one listener: a second event log is
+        // refused before it changes anything.
+        let second = ward_in(&lab, ward.file(), log.path());
+        assert!(
+            !second.status.success() && text(&second).contains("NFLOG group 100"),
+            "second ward run:\n{}",
+            text(&second)
+        );
+    }
 
     let wan_host = |port| SocketAddr::new(IpAddr::V4(addr::WAN_HOST), port);
     let _servers: Vec<_> = [DISCARD, ECHO, WEB]
@@ -236,7 +270,7 @@ fn each_logged_decision_is_one_ecs_event() {
         .parse()
         .expect("the server writes the client's address");
     assert_eq!(seen_as.ip(), IpAddr::V4(addr::FW_WAN), "masqueraded");
-    let public = SocketAddr::new(IpAddr::V4(addr::FW_WAN2), FORWARDED);
+    let public = SocketAddr::new(IpAddr::V4(public_ip(plane)), FORWARDED);
     let (visitor, got) = attempt(&lab.wan(), addr::WAN_HOST, public);
     assert!(got.is_some(), "the port-forward is allowed");
 
@@ -332,13 +366,7 @@ fn ward_in(lab: &Lab, policy: &PolicyFile, log: &str) -> std::process::Output {
     panic!("a second ward run with --log kept running:\n{}", text(&out));
 }
 
-#[test]
-fn a_flow_to_a_learned_address_carries_the_name_it_was_learned_for() {
-    let lab = lab();
-    let _dns = lab
-        .wan()
-        .dns_server(testlab::Zone::standard())
-        .expect("upstream");
+fn a_flow_to_a_learned_address_carries_the_name_it_was_learned_for(plane: Plane) {
     let log = TempPath::new("ecs-domain.jsonl");
     let yaml = format!(
         "{}rules:
@@ -347,7 +375,11 @@ fn a_flow_to_a_learned_address_carries_the_name_it_was_learned_for() {
 ",
         closed_gateway()
     );
-    let ward = WardRun::start_with(&lab, &yaml, &["--log", log.path()]);
+    let (lab, ward) = start(plane, &yaml, &log);
+    let _dns = lab
+        .wan()
+        .dns_server(testlab::Zone::standard())
+        .expect("upstream");
     let _server = lab
         .wan()
         .tcp_server(SocketAddr::new(IpAddr::V4(addr::WAN_HOST), WEB))
@@ -369,3 +401,20 @@ fn a_flow_to_a_learned_address_carries_the_name_it_was_learned_for() {
     ward.stop();
     lab.down().unwrap();
 }
+
+/// One test per plane for each of the above.
+macro_rules! on_both_planes {
+    ($($name:ident),* $(,)?) => {
+        mod kernel {
+            $(#[test] fn $name() { super::$name(super::Plane::Kernel) })*
+        }
+        mod engine {
+            $(#[test] fn $name() { super::$name(super::Plane::Engine) })*
+        }
+    };
+}
+
+on_both_planes!(
+    each_logged_decision_is_one_ecs_event,
+    a_flow_to_a_learned_address_carries_the_name_it_was_learned_for,
+);

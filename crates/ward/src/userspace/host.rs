@@ -193,8 +193,8 @@ impl Host {
         feed: Feed,
         stop: &'static AtomicBool,
         stats: Arc<Stats>,
+        names: Arc<Names>,
     ) -> Result<(Host, Tun)> {
-        let names = Arc::new(Names::new(policy.dns.capacity as usize));
         let (policy, plan) = (policy.clone(), plan.clone());
         let (ready_tx, ready) = mpsc::channel::<Result<Tun>>();
         let (control, mut reconfigure) = tokio::sync::mpsc::unbounded_channel::<Reconfigure>();

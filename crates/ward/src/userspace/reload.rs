@@ -108,6 +108,8 @@ pub struct Reloading {
     pub dns: Option<DnsKey>,
     pub generation: u64,
     pub metrics: Option<Arc<Sources>>,
+    /// The event log, whose events name the rules in force.
+    pub events: Option<Arc<telemetry::EventLog>>,
 }
 
 /// The reload thread, until [`stop`](ReloadThread::stop).
@@ -202,6 +204,9 @@ impl Reloading {
         self.generation = generation;
         if let Some(m) = &self.metrics {
             m.set_policy(policy, &loaded.sha256);
+        }
+        if let Some(e) = &self.events {
+            e.reload(policy);
         }
         let mut line = format!(
             "reloaded: policy sha256 {}, {} rule{}",
