@@ -5,6 +5,7 @@
 //! denies by default in all three directions, so the proxy's own traffic passes only through
 //! the plumbing ward provides for it.
 
+#[macro_use]
 mod common;
 
 use common::scrape::{body, samples, scrape, value};
@@ -14,31 +15,12 @@ use hickory_proto::rr::RecordType;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
-use testlab::{answer_addrs, dns_exchange, dns_query, edns, Firewall, Transport, Zone};
+use testlab::{answer_addrs, dns_exchange, dns_query, edns, Transport, Zone};
 
 /// Where ward serves `--metrics`, inside the firewall's namespace.
 const METRICS: &str = "127.0.0.1:9581";
 /// Long enough for a SYN that was lost to be sent again (the first retry is after 1 s).
 const PATIENT: Duration = Duration::from_secs(5);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Plane {
-    Kernel,
-    Engine,
-}
-
-/// A lab for `plane`: on the engine's, the firewall's kernel neither owns its addresses nor
-/// forwards.
-fn lab_on(plane: Plane) -> Lab {
-    match plane {
-        Plane::Kernel => lab(),
-        Plane::Engine => {
-            Lab::up_with(LabSpec::unique("wd"), Firewall::Userspace).unwrap_or_else(|e| {
-                panic!("cannot build the namespace lab (tests need root, netns, veth): {e}")
-            })
-        }
-    }
-}
 
 /// `ward run`, or `ward engine` with the WAN host as its gateway (as the kernel lab's
 /// firewall routes through it).
@@ -553,18 +535,6 @@ fn a_re_apply_keeps_what_unchanged_name_rules_learned() {
     );
     ward.stop();
     lab.down().unwrap();
-}
-
-/// One test per plane for each of the above.
-macro_rules! on_both_planes {
-    ($($name:ident),* $(,)?) => {
-        mod kernel {
-            $(#[test] fn $name() { super::$name(super::Plane::Kernel) })*
-        }
-        mod engine {
-            $(#[test] fn $name() { super::$name(super::Plane::Engine) })*
-        }
-    };
 }
 
 on_both_planes!(

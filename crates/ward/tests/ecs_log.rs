@@ -3,6 +3,7 @@
 //! they got (masquerade out, a port-forward in), alike on both data planes. Each attempt sends
 //! exactly one SYN, so each logged rule sees exactly one packet.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -23,29 +24,15 @@ const WEB: u16 = 8080;
 const FORWARDED: u16 = 8081;
 const INSIDE: u16 = 80;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Plane {
-    Kernel,
-    Engine,
-}
-
 /// A lab for `plane`, and ward logging to `log` in it.
 fn start(plane: Plane, yaml: &str, log: &TempPath) -> (Lab, WardRun) {
-    match plane {
-        Plane::Kernel => {
-            let lab = lab();
-            let ward = WardRun::start_with(&lab, yaml, &["--log", log.path()]);
-            (lab, ward)
-        }
-        Plane::Engine => {
-            let lab = Lab::up_with(LabSpec::unique("we"), testlab::Firewall::Userspace)
-                .unwrap_or_else(|e| {
-                    panic!("cannot build the namespace lab (tests need root, netns, veth): {e}")
-                });
-            let ward = WardRun::engine(&lab, yaml, &["--log", log.path()]);
-            (lab, ward)
-        }
-    }
+    let lab = lab_on(plane);
+    let args = ["--log", log.path()];
+    let ward = match plane {
+        Plane::Kernel => WardRun::start_with(&lab, yaml, &args),
+        Plane::Engine => WardRun::engine(&lab, yaml, &args),
+    };
+    (lab, ward)
 }
 
 /// The port-forward's public address: the kernel lab's firewall has a second WAN address;
@@ -400,18 +387,6 @@ fn a_flow_to_a_learned_address_carries_the_name_it_was_learned_for(plane: Plane)
     assert_eq!(e["destination.domain"], "ok.test", "{e}");
     ward.stop();
     lab.down().unwrap();
-}
-
-/// One test per plane for each of the above.
-macro_rules! on_both_planes {
-    ($($name:ident),* $(,)?) => {
-        mod kernel {
-            $(#[test] fn $name() { super::$name(super::Plane::Kernel) })*
-        }
-        mod engine {
-            $(#[test] fn $name() { super::$name(super::Plane::Engine) })*
-        }
-    };
 }
 
 on_both_planes!(

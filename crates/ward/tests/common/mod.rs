@@ -1,7 +1,7 @@
 //! Shared helpers for ward's integration tests: a lab per test, the real `ward` binary run
 //! against it with `--netns`, and short probes.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 pub mod scrape;
 
@@ -22,6 +22,37 @@ pub const WARD: &str = env!("CARGO_BIN_EXE_ward");
 
 /// Short enough to keep the suite fast, long enough for a namespace round trip.
 pub const TIMEOUT: Duration = Duration::from_millis(700);
+
+/// Which data plane a test runs on: `ward run` (nftables) or `ward engine`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plane {
+    Kernel,
+    Engine,
+}
+
+/// A lab for `plane`: on the engine's, the firewall's kernel neither owns its addresses nor
+/// forwards.
+pub fn lab_on(plane: Plane) -> Lab {
+    match plane {
+        Plane::Kernel => lab(),
+        Plane::Engine => Lab::up_with(LabSpec::unique("wd"), testlab::Firewall::Userspace)
+            .unwrap_or_else(|e| {
+                panic!("cannot build the namespace lab (tests need root, netns, veth): {e}")
+            }),
+    }
+}
+
+/// One test per plane for each function named, which takes the [`Plane`].
+macro_rules! on_both_planes {
+    ($($name:ident),* $(,)?) => {
+        mod kernel {
+            $(#[test] fn $name() { super::$name(super::Plane::Kernel) })*
+        }
+        mod engine {
+            $(#[test] fn $name() { super::$name(super::Plane::Engine) })*
+        }
+    };
+}
 
 /// The gateway header every lab policy starts with: lan0 faces the LAN host, wan0 the WAN host.
 pub const GATEWAY: &str = "interfaces:\n  lan: [lan0]\n  wan: [wan0]\n";
