@@ -9,20 +9,15 @@
 //! The difference between the two is what verification costs per packet.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use engine::core::arp::{Own, Side, FRAME_LEN};
-use engine::core::engine::{Action, Config, Engine, Interface, L4Checksum, Rules, RxInfo};
+use engine::core::arp::{Side, FRAME_LEN};
+use engine::core::engine::{Action, Engine, L4Checksum, Rules, RxInfo};
+use engine::testing::{
+    self, arp_request, GATEWAY, GW_MAC, HOST, HOST_MAC, LAN_IP, LAN_MAC, WAN_IP, WAN_MAC,
+};
 use smoltcp::wire::{EthernetAddress, Ipv4Packet, TcpPacket};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 
-const LAN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
-const WAN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x02]);
-const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
-const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
-const LAN_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
-const WAN_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
-const HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
 
 const POLICY: &str = "
@@ -71,42 +66,9 @@ fn tcp_with(
     f
 }
 
-fn arp_request(mac: [u8; 6], ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend_from_slice(&mac);
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
-    f.extend_from_slice(&mac);
-    f.extend_from_slice(&ip.octets());
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&target.octets());
-    f
-}
-
 fn handling(c: &mut Criterion) {
-    let policy = match policy::parse_str(POLICY, "bench.yaml") {
-        Ok(c) => c.policy,
-        Err(e) => panic!("{e}"),
-    };
-    let own = |mac, ip| Own {
-        mac,
-        ip,
-        prefix_len: 24,
-    };
-    let config = Config {
-        lan: Interface {
-            name: "lan0".into(),
-            own: own(LAN_MAC, LAN_IP),
-        },
-        wan: Interface {
-            name: "wan0".into(),
-            own: own(WAN_MAC, WAN_IP),
-        },
-        gateway: Some(GATEWAY),
-        conntrack_capacity: 65_536,
-        neighbour_capacity: 1024,
-        conntrack_key: [1, 2],
-        neighbour_key: [3, 4],
-    };
+    let policy = testing::policy(POLICY);
+    let config = testing::config(65_536, 1024);
     let mut e = match Engine::new(Rules::compile(&policy, [5, 6]), config) {
         Ok(e) => e,
         Err(err) => panic!("{err}"),

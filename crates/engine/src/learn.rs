@@ -499,23 +499,14 @@ impl fmt::Debug for Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::arp::{Own, Side, FRAME_LEN};
-    use crate::core::engine::{Action, Config, Interface, Rules};
+    use crate::core::arp::Side;
+    use crate::core::engine::{Action, Rules};
     use crate::core::DropReason;
+    use crate::testing::{self, Loop};
     use ::core::net::Ipv4Addr;
-    use smoltcp::wire::{EthernetAddress, Ipv4Packet, UdpPacket};
-    use std::sync::mpsc;
     use std::thread;
     use std::vec;
 
-    const LAN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
-    const WAN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x02]);
-    const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
-    const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
-    const LAN_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
-    const WAN_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-    const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
-    const HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
     const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
 
     /// Rule 0 is the name rule; rule 1 is not.
@@ -538,72 +529,11 @@ rules:
 ";
 
     fn rules(yaml: &str) -> Rules {
-        match policy::parse_str(yaml, "test.yaml") {
-            Ok(c) => Rules::compile(&c.policy, [5, 6]),
-            Err(e) => panic!("{e}"),
-        }
+        Rules::compile(&testing::policy(yaml), [5, 6])
     }
 
     fn engine() -> Engine {
-        let policy = match policy::parse_str(POLICY, "test.yaml") {
-            Ok(c) => c.policy,
-            Err(e) => panic!("{e}"),
-        };
-        let own = |mac, ip| Own {
-            mac,
-            ip,
-            prefix_len: 24,
-        };
-        let config = Config {
-            lan: Interface {
-                name: "lan0".into(),
-                own: own(LAN_MAC, LAN_IP),
-            },
-            wan: Interface {
-                name: "wan0".into(),
-                own: own(WAN_MAC, WAN_IP),
-            },
-            gateway: Some(GATEWAY),
-            conntrack_capacity: 256,
-            neighbour_capacity: 16,
-            conntrack_key: [1, 2],
-            neighbour_key: [3, 4],
-        };
-        let mut e = match Engine::new(Rules::compile(&policy, [5, 6]), config) {
-            Ok(e) => e,
-            Err(err) => panic!("{err}"),
-        };
-        // The gateway asks for the engine's address, which teaches the engine its MAC, so
-        // that an accepted packet is forwarded rather than held for ARP.
-        let mut ask = vec![0xff; 6];
-        ask.extend_from_slice(&GW_MAC);
-        ask.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
-        ask.extend_from_slice(&GW_MAC);
-        ask.extend_from_slice(&GATEWAY.octets());
-        ask.extend_from_slice(&[0; 6]);
-        ask.extend_from_slice(&WAN_IP.octets());
-        let mut out = [0u8; FRAME_LEN];
-        assert_eq!(
-            e.handle(Side::Wan, &mut ask, 0, &mut out),
-            Action::Reply(Side::Wan)
-        );
-        e
-    }
-
-    /// A UDP datagram from the LAN host (source port `sport`: a new flow each) to the server's
-    /// port 5000.
-    fn datagram(sport: u16) -> Vec<u8> {
-        let mut f = LAN_MAC.0.to_vec();
-        f.extend_from_slice(&HOST_MAC);
-        f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 32, 0, 1, 0x40, 0, 64, 17, 0, 0]);
-        f.extend_from_slice(&HOST.octets());
-        f.extend_from_slice(&SERVER.octets());
-        f.extend_from_slice(&sport.to_be_bytes());
-        f.extend_from_slice(&5000u16.to_be_bytes());
-        f.extend_from_slice(&[0, 12, 0, 0, b'p', b'i', b'n', b'g']);
-        Ipv4Packet::new_unchecked(&mut f[14..34]).fill_checksum();
-        UdpPacket::new_unchecked(&mut f[34..]).fill_checksum(&HOST.into(), &SERVER.into());
-        f
+        testing::engine(&testing::policy(POLICY), 256, 16)
     }
 
     fn learn(ttl_secs: u64) -> Op {
@@ -614,93 +544,12 @@ rules:
         }
     }
 
-    enum Msg {
-        /// The engine's clock moves to this time.
-        Clock(u64),
-        /// A new flow to the server from this source port.
-        Frame(u16),
-    }
-
-    /// A stand-in for the driver's loop on a thread of its own: it owns the engine and its
-    /// clock, applies the inbox whenever its descriptor wakes it, and takes messages in
-    /// order, so a batch committed after a clock change is applied at the new time.
-    struct Loop {
-        msgs: Option<mpsc::Sender<Msg>>,
-        actions: mpsc::Receiver<Option<Action>>,
-        thread: Option<thread::JoinHandle<()>>,
-    }
-
-    impl Loop {
-        fn start(mut engine: Engine, mut inbox: Inbox) -> Loop {
-            let (msgs, rx) = mpsc::channel::<Msg>();
-            let (tx, actions) = mpsc::channel();
-            let thread = thread::spawn(move || {
-                let mut now = 0;
-                loop {
-                    let mut fd = libc::pollfd {
-                        fd: inbox.fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd.
-                    unsafe { libc::poll(&mut fd, 1, 5) };
-                    inbox.apply(&mut engine, now);
-                    loop {
-                        let reply = match rx.try_recv() {
-                            Ok(Msg::Clock(t)) => {
-                                now = t;
-                                None
-                            }
-                            Ok(Msg::Frame(sport)) => {
-                                let mut out = [0u8; FRAME_LEN];
-                                let mut frame = datagram(sport);
-                                Some(engine.handle(Side::Lan, &mut frame, now, &mut out))
-                            }
-                            Err(mpsc::TryRecvError::Empty) => break,
-                            Err(mpsc::TryRecvError::Disconnected) => return,
-                        };
-                        if tx.send(reply).is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-            Loop {
-                msgs: Some(msgs),
-                actions,
-                thread: Some(thread),
-            }
-        }
-
-        fn send(&self, msg: Msg) -> Option<Action> {
-            if let Some(m) = &self.msgs {
-                m.send(msg).expect("loop running");
-            }
-            self.actions.recv().expect("the loop answers")
-        }
-
-        /// Sets the engine's clock; returns once the loop has it.
-        fn clock(&self, now: u64) {
-            assert_eq!(self.send(Msg::Clock(now)), None);
-        }
-
-        /// Whether a new flow to the server passes at engine time `now`.
-        fn passes(&self, now: u64, sport: u16) -> bool {
-            self.clock(now);
-            match self.send(Msg::Frame(sport)) {
-                Some(Action::Forward { out: Side::Wan, .. }) => true,
-                Some(Action::Drop(DropReason::NoMatchingAllowRule)) => false,
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-
-    impl Drop for Loop {
-        fn drop(&mut self) {
-            self.msgs = None;
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
+    /// Whether a new flow to the server (from port `sport`) passes at engine time `now`.
+    fn passes(lp: &Loop, now: u64, sport: u16) -> bool {
+        match lp.handle(now, testing::host_datagram(SERVER, sport, 5000)) {
+            Action::Forward { out: Side::Wan, .. } => true,
+            Action::Drop(DropReason::NoMatchingAllowRule) => false,
+            other => panic!("unexpected {other:?}"),
         }
     }
 
@@ -708,36 +557,36 @@ rules:
     fn learned_once_commit_returns_refreshed_forgotten_and_expired_on_the_loop_clock() {
         let (mut feed, inbox) = channel().expect("eventfd");
         let lp = Loop::start(engine(), inbox);
-        assert!(!lp.passes(0, 1), "nothing learned yet");
+        assert!(!passes(&lp, 0, 1), "nothing learned yet");
 
         // Applied at engine time 1000: allowed until 6000, on the loop's clock.
         lp.clock(1000);
         assert_eq!(feed.commit(&[learn(5)]), Ok(()));
         // The very next frame after `commit` returned: no wait, no retry.
-        assert!(lp.passes(1000, 2));
-        assert!(lp.passes(5999, 3));
-        assert!(!lp.passes(6000, 4), "expired at 1000 + 5 s");
+        assert!(passes(&lp, 1000, 2));
+        assert!(passes(&lp, 5999, 3));
+        assert!(!passes(&lp, 6000, 4), "expired at 1000 + 5 s");
 
         // A repeat sets a fresh expiry from when it is applied.
         lp.clock(7000);
         assert_eq!(feed.commit(&[learn(5)]), Ok(()));
         lp.clock(10_000);
         assert_eq!(feed.commit(&[learn(5)]), Ok(()));
-        assert!(lp.passes(14_999, 5), "refreshed at 10,000");
-        assert!(!lp.passes(15_000, 6));
+        assert!(passes(&lp, 14_999, 5), "refreshed at 10,000");
+        assert!(!passes(&lp, 15_000, 6));
 
         // Learned, then forgotten in the next batch; learned and forgotten in one batch.
         lp.clock(20_000);
         assert_eq!(feed.commit(&[learn(60)]), Ok(()));
-        assert!(lp.passes(20_000, 7));
+        assert!(passes(&lp, 20_000, 7));
         let forget = Op::Forget {
             rule: 0,
             addr: IpAddr::V4(SERVER),
         };
         assert_eq!(feed.commit(&[forget]), Ok(()));
-        assert!(!lp.passes(20_001, 8));
+        assert!(!passes(&lp, 20_001, 8));
         assert_eq!(feed.commit(&[learn(60), forget]), Ok(()));
-        assert!(!lp.passes(20_002, 9), "applied in order");
+        assert!(!passes(&lp, 20_002, 9), "applied in order");
         assert_eq!(feed.commit(&[]), Ok(()));
     }
 
@@ -783,7 +632,7 @@ rules:
             Err(Refused::NotANameRule(1))
         );
         // The rest of the batch took effect; the next batch is judged on its own.
-        assert!(lp.passes(0, 1));
+        assert!(passes(&lp, 0, 1));
         assert_eq!(feed.commit(&[learn(60)]), Ok(()));
     }
 
@@ -798,9 +647,9 @@ rules:
         let mut e = engine();
         assert_eq!(inbox.apply(&mut e, 0), 0);
         let lp = Loop::start(e, inbox);
-        assert!(!lp.passes(0, 1));
+        assert!(!passes(&lp, 0, 1));
         assert_eq!(feed.commit(&[learn(60)]), Ok(()));
-        assert!(lp.passes(0, 2));
+        assert!(passes(&lp, 0, 2));
 
         // The loop gone, commits fail at once.
         drop(lp);
@@ -828,7 +677,7 @@ rules:
         let lp = Loop::start(engine(), inbox);
         lp.clock(1000);
         assert_eq!(feed.commit(&[learn(5)]), Ok(()));
-        assert!(lp.passes(1000, 1));
+        assert!(passes(&lp, 1000, 1));
 
         // The name rule moves to position 1, under a new numbering for the DNS side.
         let moved = Reload {
@@ -837,9 +686,9 @@ rules:
             keep: vec![Some(1), None],
         };
         assert_eq!(reloader.reload(moved), Ok(1));
-        assert!(lp.passes(2000, 2), "kept at its new position");
-        assert!(lp.passes(5999, 3), "with its expiry");
-        assert!(!lp.passes(6000, 4));
+        assert!(passes(&lp, 2000, 2), "kept at its new position");
+        assert!(passes(&lp, 5999, 3), "with its expiry");
+        assert!(!passes(&lp, 6000, 4));
 
         // A batch of the new numbering; one of the old, mapped; one of neither, refused.
         let at = |rule| Op::Learn {
@@ -849,11 +698,11 @@ rules:
         };
         lp.clock(7000);
         assert_eq!(feed.commit_as(1, &[at(1)]), Ok(()));
-        assert!(lp.passes(11_999, 5));
+        assert!(passes(&lp, 11_999, 5));
         lp.clock(13_000);
         assert_eq!(feed.commit_as(0, &[at(0)]), Ok(()));
         assert!(
-            lp.passes(17_999, 6),
+            passes(&lp, 17_999, 6),
             "rule 0 of the old policy is rule 1 now"
         );
         assert_eq!(feed.commit_as(0, &[at(1)]), Err(Refused::Reloaded(1)));
@@ -867,10 +716,10 @@ rules:
             keep: vec![None, Some(1), None],
         };
         assert_eq!(reloader.reload(same()), Ok(1));
-        assert!(lp.passes(17_999, 7));
+        assert!(passes(&lp, 17_999, 7));
         lp.clock(20_000);
         assert_eq!(feed.commit_as(0, &[at(0)]), Ok(()));
-        assert!(lp.passes(24_999, 8));
+        assert!(passes(&lp, 24_999, 8));
 
         // Expired addresses and those of rules not kept are dropped.
         lp.clock(25_000);
@@ -882,7 +731,7 @@ rules:
             keep: vec![None, None, None],
         };
         assert_eq!(reloader.reload(dropped), Ok(0));
-        assert!(!lp.passes(25_001, 9));
+        assert!(!passes(&lp, 25_001, 9));
 
         // The loop gone, a reload fails at once.
         drop(lp);

@@ -28,3 +28,7 @@ pub mod core;
 pub mod io;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub mod learn;
+/// Fixtures for tests and benchmarks (here and in ward), not for the data plane.
+#[cfg(all(feature = "std", target_os = "linux"))]
+#[doc(hidden)]
+pub mod testing;

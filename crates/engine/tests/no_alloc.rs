@@ -9,8 +9,9 @@
 
 #![cfg(feature = "std")]
 
-use engine::core::arp::{Own, Side, FRAME_LEN};
-use engine::core::engine::{Action, Config, DnsProxy, Engine, Interface, Rules};
+use engine::core::arp::{Side, FRAME_LEN};
+use engine::core::engine::{Action, DnsProxy, Engine, Rules};
+use engine::testing::{self, GATEWAY, GW_MAC, HOST_MAC, LAN_IP, LAN_MAC, WAN_IP, WAN_MAC};
 use smoltcp::wire::{EthernetAddress, Icmpv4Packet, Ipv4Packet, TcpPacket};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -46,14 +47,6 @@ static GLOBAL: Counting = Counting;
 fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
 }
-
-const LAN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
-const WAN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x02]);
-const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
-const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
-const LAN_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
-const WAN_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
 
 const POLICY: &str = "
 interfaces: {lan: [lan0], wan: [wan0]}
@@ -136,30 +129,8 @@ fn tcp(side: Side, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Vec
 
 #[test]
 fn handling_frames_allocates_nothing() {
-    let policy = match policy::parse_str(POLICY, "test.yaml") {
-        Ok(c) => c.policy,
-        Err(e) => panic!("{e}"),
-    };
-    let own = |mac, ip| Own {
-        mac,
-        ip,
-        prefix_len: 24,
-    };
-    let config = Config {
-        lan: Interface {
-            name: "lan0".into(),
-            own: own(LAN_MAC, LAN_IP),
-        },
-        wan: Interface {
-            name: "wan0".into(),
-            own: own(WAN_MAC, WAN_IP),
-        },
-        gateway: Some(GATEWAY),
-        conntrack_capacity: 1024,
-        neighbour_capacity: 64,
-        conntrack_key: [1, 2],
-        neighbour_key: [3, 4],
-    };
+    let policy = testing::policy(POLICY);
+    let config = testing::config(1024, 64);
     let mut rules = Rules::compile(&policy, [5, 6]);
     rules.dns = Some(DnsProxy {
         port: 53,

@@ -53,24 +53,14 @@ impl Learner for EngineLearner {
 mod tests {
     use super::*;
     use dns::{Answer, Committer, Matcher, Names, Record, RuleIdx, Stats};
-    use engine::core::arp::{Own, Side, FRAME_LEN};
-    use engine::core::engine::{Action, Config, Engine, Interface, Rules};
+    use engine::core::arp::Side;
+    use engine::core::engine::{Action, Engine};
     use engine::core::DropReason;
-    use engine::learn::Inbox;
-    use smoltcp::wire::{EthernetAddress, Ipv4Packet, TcpPacket};
+    use engine::testing::{self, Loop};
     use std::net::{IpAddr, Ipv4Addr};
-    use std::sync::{mpsc, Arc};
-    use std::thread;
+    use std::sync::Arc;
     use std::time::Duration;
 
-    const LAN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
-    const WAN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x02]);
-    const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
-    const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
-    const LAN_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
-    const WAN_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-    const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
-    const HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
     const LISTED: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
     const UNLISTED: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 6);
 
@@ -88,157 +78,21 @@ nat:
 ";
 
     fn policy() -> policy::Policy {
-        match policy::parse_str(POLICY, "test.yaml") {
-            Ok(c) => c.policy,
-            Err(e) => panic!("{e}"),
-        }
+        testing::policy(POLICY)
     }
 
     fn engine(p: &policy::Policy) -> Engine {
-        let own = |mac, ip| Own {
-            mac,
-            ip,
-            prefix_len: 24,
-        };
-        let config = Config {
-            lan: Interface {
-                name: "lan0".into(),
-                own: own(LAN_MAC, LAN_IP),
-            },
-            wan: Interface {
-                name: "wan0".into(),
-                own: own(WAN_MAC, WAN_IP),
-            },
-            gateway: Some(GATEWAY),
-            conntrack_capacity: 256,
-            neighbour_capacity: 16,
-            conntrack_key: [1, 2],
-            neighbour_key: [3, 4],
-        };
-        let mut e = match Engine::new(Rules::compile(p, [5, 6]), config) {
-            Ok(e) => e,
-            Err(err) => panic!("{err}"),
-        };
-        // The gateway asks for the engine's address, which teaches the engine its MAC.
-        let mut ask = vec![0xff; 6];
-        ask.extend_from_slice(&GW_MAC);
-        ask.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
-        ask.extend_from_slice(&GW_MAC);
-        ask.extend_from_slice(&GATEWAY.octets());
-        ask.extend_from_slice(&[0; 6]);
-        ask.extend_from_slice(&WAN_IP.octets());
-        let mut out = [0u8; FRAME_LEN];
-        assert_eq!(
-            e.handle(Side::Wan, &mut ask, 0, &mut out),
-            Action::Reply(Side::Wan)
-        );
-        e
+        testing::engine(p, 256, 16)
     }
 
-    /// A SYN from the LAN host (source port `sport`: a new flow each) to `dst`:443.
-    fn syn(dst: Ipv4Addr, sport: u16) -> Vec<u8> {
-        let mut f = LAN_MAC.0.to_vec();
-        f.extend_from_slice(&HOST_MAC);
-        f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0]);
-        f.extend_from_slice(&HOST.octets());
-        f.extend_from_slice(&dst.octets());
-        f.extend_from_slice(&sport.to_be_bytes());
-        f.extend_from_slice(&443u16.to_be_bytes());
-        f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xfa, 0xf0, 0, 0, 0, 0]);
-        Ipv4Packet::new_unchecked(&mut f[14..34]).fill_checksum();
-        TcpPacket::new_unchecked(&mut f[34..]).fill_checksum(&HOST.into(), &dst.into());
-        f
-    }
-
-    enum Msg {
-        Clock(u64),
-        Syn(Ipv4Addr, u16),
-    }
-
-    /// The engine on a packet loop of its own, as `ward engine` runs it: it applies the inbox
-    /// when its descriptor wakes it, and handles frames (and clock changes) in the order sent.
-    struct Loop {
-        msgs: Option<mpsc::Sender<Msg>>,
-        actions: mpsc::Receiver<Option<Action>>,
-        thread: Option<thread::JoinHandle<()>>,
-    }
-
-    impl Loop {
-        fn start(mut engine: Engine, mut inbox: Inbox) -> Loop {
-            let (msgs, rx) = mpsc::channel::<Msg>();
-            let (tx, actions) = mpsc::channel();
-            let thread = thread::spawn(move || {
-                let mut now = 0;
-                loop {
-                    let mut fd = libc_pollfd(inbox.fd());
-                    // SAFETY: one valid pollfd.
-                    unsafe { nix::libc::poll(&mut fd, 1, 5) };
-                    inbox.apply(&mut engine, now);
-                    loop {
-                        let reply = match rx.try_recv() {
-                            Ok(Msg::Clock(t)) => {
-                                now = t;
-                                None
-                            }
-                            Ok(Msg::Syn(dst, sport)) => {
-                                let mut out = [0u8; FRAME_LEN];
-                                let mut frame = syn(dst, sport);
-                                Some(engine.handle(Side::Lan, &mut frame, now, &mut out))
-                            }
-                            Err(mpsc::TryRecvError::Empty) => break,
-                            Err(mpsc::TryRecvError::Disconnected) => return,
-                        };
-                        if tx.send(reply).is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-            Loop {
-                msgs: Some(msgs),
-                actions,
-                thread: Some(thread),
-            }
-        }
-
-        fn send(&self, msg: Msg) -> Option<Action> {
-            if let Some(m) = &self.msgs {
-                m.send(msg).expect("loop running");
-            }
-            self.actions.recv().expect("the loop answers")
-        }
-
-        fn clock(&self, now: u64) {
-            assert_eq!(self.send(Msg::Clock(now)), None);
-        }
-
-        /// Whether a new connection to `dst`:443 passes at engine time `now`.
-        fn passes(&self, now: u64, dst: Ipv4Addr, sport: u16) -> bool {
-            self.clock(now);
-            match self.send(Msg::Syn(dst, sport)) {
-                // Forwarded, or held while the gateway's MAC is asked for again (its entry
-                // ages out on the test's clock): either only once the filter accepted it.
-                Some(Action::Forward { out: Side::Wan, .. } | Action::Reply(Side::Wan)) => true,
-                Some(Action::Drop(DropReason::NoMatchingAllowRule)) => false,
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-
-    impl Drop for Loop {
-        fn drop(&mut self) {
-            self.msgs = None;
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
-        }
-    }
-
-    fn libc_pollfd(fd: i32) -> nix::libc::pollfd {
-        nix::libc::pollfd {
-            fd,
-            events: nix::libc::POLLIN,
-            revents: 0,
+    /// Whether a new connection to `dst`:443 (from port `sport`) passes at engine time `now`.
+    fn passes(lp: &Loop, now: u64, dst: Ipv4Addr, sport: u16) -> bool {
+        match lp.handle(now, testing::host_syn(dst, sport, 443)) {
+            // Forwarded, or held while the gateway's MAC is asked for again (its entry ages
+            // out on the test's clock): either only once the filter accepted it.
+            Action::Forward { out: Side::Wan, .. } | Action::Reply(Side::Wan) => true,
+            Action::Drop(DropReason::NoMatchingAllowRule) => false,
+            other => panic!("unexpected {other:?}"),
         }
     }
 
@@ -256,25 +110,28 @@ nat:
         let (feed, inbox) = engine::learn::channel().expect("eventfd");
         let mut learner = EngineLearner::new(Rc::new(RefCell::new(feed)), 0);
         let lp = Loop::start(engine(&p), inbox);
-        assert!(!lp.passes(0, LISTED, 1000));
+        assert!(!passes(&lp, 0, LISTED, 1000));
 
         // Added at engine time 2 s, with a 30 s TTL: allowed until 32 s.
         lp.clock(2_000);
         learner.commit(&[add(LISTED, 30)]).expect("committed");
-        assert!(lp.passes(2_000, LISTED, 1001), "held once commit returned");
-        assert!(lp.passes(31_999, LISTED, 1002));
         assert!(
-            !lp.passes(32_000, LISTED, 1003),
+            passes(&lp, 2_000, LISTED, 1001),
+            "held once commit returned"
+        );
+        assert!(passes(&lp, 31_999, LISTED, 1002));
+        assert!(
+            !passes(&lp, 32_000, LISTED, 1003),
             "expired on the engine's clock"
         );
-        assert!(!lp.passes(2_000, UNLISTED, 1004), "only what was learned");
+        assert!(!passes(&lp, 2_000, UNLISTED, 1004), "only what was learned");
 
         // The same answer again, later: the timeout starts afresh.
         lp.clock(40_000);
         learner.commit(&[add(LISTED, 30)]).expect("committed");
         lp.clock(60_000);
         learner.commit(&[add(LISTED, 30)]).expect("committed");
-        assert!(lp.passes(89_999, LISTED, 1005), "refreshed at 60 s");
+        assert!(passes(&lp, 89_999, LISTED, 1005), "refreshed at 60 s");
 
         // Evicted: gone at once, while its TTL would still run.
         learner
@@ -283,7 +140,7 @@ nat:
                 addr: IpAddr::V4(LISTED),
             }])
             .expect("committed");
-        assert!(!lp.passes(89_999, LISTED, 1006));
+        assert!(!passes(&lp, 89_999, LISTED, 1006));
 
         // A rule the engine knows by another position is refused, not silently dropped.
         let wrong = Update::Add {
@@ -343,11 +200,11 @@ nat:
             };
             committer.learn(answer).await.expect("committed");
         });
-        assert!(lp.passes(5_000, LISTED, 2000));
-        assert!(!lp.passes(5_000, UNLISTED, 2001));
+        assert!(passes(&lp, 5_000, LISTED, 2000));
+        assert!(!passes(&lp, 5_000, UNLISTED, 2001));
         // The chain's smallest TTL, 60 s, from when the loop applied it.
-        assert!(lp.passes(64_999, LISTED, 2002));
-        assert!(!lp.passes(65_000, LISTED, 2003));
+        assert!(passes(&lp, 64_999, LISTED, 2002));
+        assert!(!passes(&lp, 65_000, LISTED, 2003));
         assert_eq!(
             stats
                 .commit_failures
