@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,6 +111,33 @@ def naive_ruleset(rules, last=()):
 # --------------------------------------------------------------------------- namespaces
 
 _created = []
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cargo_build(*args):
+    """`cargo build --release --locked ARGS` into TARGET_DIR; raises with the end of its stderr."""
+    argv = ["cargo", "build", "--release", "--locked", *args]
+    log(f"building: {' '.join(argv)} (target dir {TARGET_DIR})")
+    env = dict(os.environ, CARGO_TARGET_DIR=TARGET_DIR)
+    p = subprocess.run(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"cargo build failed:\n{p.stderr[-3000:]}")
+
+
+def apt_install(command, package):
+    """Installs Debian's `package` unless `command` is on PATH (apt-get update first if needed)."""
+    if shutil.which(command):
+        return
+    log(f"{command} not found: apt-get install -y {package}")
+    r = subprocess.run(["apt-get", "install", "-y", package],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        run(["apt-get", "update"])
+        run(["apt-get", "install", "-y", package])
 
 
 def run(argv, check=True, **kw):

@@ -33,7 +33,7 @@ import time
 sys.dont_write_bytecode = True  # keep bench/ free of __pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from common import ROOT, Child, in_ns, median, run, stop_all  # noqa: E402
+from common import ROOT, Child, in_ns, log, median, run, stop_all  # noqa: E402
 
 LAN, FW, WAN = "wbench-lan", "wbench-fw", "wbench-wan"
 PROXY = "192.168.50.1:53"       # dns.listen's default in the lab: the firewall's LAN address
@@ -88,10 +88,6 @@ PATHS = [  # (key, label)
 
 
 
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
 class Pinning:
     """CPU placement: the proxy under test on one core, the upstream and the load generator
     on the other (or nothing pinned)."""
@@ -114,25 +110,13 @@ class Pinning:
 # --------------------------------------------------------------------------- building blocks
 
 def build():
-    argv = ["cargo", "build", "--release", "--locked", "-p", "ward", "-p", "testlab", "-p", "nft",
-            "-p", "dns", "--bin", "ward", "--example", "dns_load",
-            "--example", "set_update_latency", "--example", "cache_memory"]
-    log(f"building: {' '.join(argv)} (target dir {TARGET_DIR})")
-    env = dict(os.environ, CARGO_TARGET_DIR=TARGET_DIR)
-    p = subprocess.run(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"cargo build failed:\n{p.stderr[-3000:]}")
+    common.cargo_build("-p", "ward", "-p", "testlab", "-p", "nft", "-p", "dns", "--bin", "ward",
+                       "--example", "dns_load", "--example", "set_update_latency",
+                       "--example", "cache_memory")
 
 
 def ensure_dnsmasq():
-    if not shutil.which("dnsmasq"):
-        log("dnsmasq not found: apt-get install -y dnsmasq-base")
-        r = subprocess.run(["apt-get", "install", "-y", "dnsmasq-base"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if r.returncode != 0:
-            run(["apt-get", "update"])
-            run(["apt-get", "install", "-y", "dnsmasq-base"])
+    common.apt_install("dnsmasq", "dnsmasq-base")
     out = run(["dnsmasq", "--version"]).stdout
     if " nftset" not in out:
         raise RuntimeError(f"this dnsmasq has no nftset support:\n{out}")

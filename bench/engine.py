@@ -30,7 +30,7 @@ import time
 sys.dont_write_bytecode = True  # keep bench/ free of __pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from common import ROOT, Child, in_ns, median, run, stop_all  # noqa: E402
+from common import ROOT, Child, in_ns, log, median, run, stop_all  # noqa: E402
 
 TARGET_DIR = common.TARGET_DIR
 REL = os.path.join(TARGET_DIR, "release")
@@ -72,10 +72,6 @@ nat:
 
 
 
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
 def pinning(enabled):
     """`taskset` prefixes (engine, traffic): the engine on CPU 1; the clients and servers of both
     planes on CPU 0. Empty when turned off or not possible."""
@@ -87,24 +83,12 @@ def pinning(enabled):
 # --------------------------------------------------------------------------- set-up
 
 def build():
-    argv = ["cargo", "build", "--release", "--locked", "-p", "ward", "-p", "engine",
-            "--bin", "ward", "--example", "conntrack_memory"]
-    log(f"building: {' '.join(argv)} (target dir {TARGET_DIR})")
-    env = dict(os.environ, CARGO_TARGET_DIR=TARGET_DIR)
-    p = subprocess.run(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"cargo build failed:\n{p.stderr[-3000:]}")
+    common.cargo_build("-p", "ward", "-p", "engine", "--bin", "ward",
+                       "--example", "conntrack_memory")
 
 
 def ensure_ethtool():
-    if not shutil.which("ethtool"):
-        log("ethtool not found: apt-get install -y ethtool")
-        r = subprocess.run(["apt-get", "install", "-y", "ethtool"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if r.returncode != 0:
-            run(["apt-get", "update"])
-            run(["apt-get", "install", "-y", "ethtool"])
+    common.apt_install("ethtool", "ethtool")
     return run(["ethtool", "--version"]).stdout.strip()
 
 
